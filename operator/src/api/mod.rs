@@ -1,0 +1,10 @@
+//! The `sectordb.io/v1alpha1` API.
+
+pub mod common;
+pub mod connection;
+pub mod database;
+pub mod policy;
+
+pub use connection::{DataSharingConnection, DataSharingConnectionSpec};
+pub use database::{SectorDatabase, SectorDatabaseSpec};
+pub use policy::{BackupPolicy, BackupPolicySpec};
