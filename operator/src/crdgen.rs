@@ -10,7 +10,11 @@ use crate::api::{BackupPolicy, DataSharingConnection, SectorDatabase};
 
 /// Every CRD the operator serves.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![SectorDatabase::crd(), DataSharingConnection::crd(), BackupPolicy::crd()]
+    vec![
+        SectorDatabase::crd(),
+        DataSharingConnection::crd(),
+        BackupPolicy::crd(),
+    ]
 }
 
 /// A CRD as one YAML document.

@@ -1,6 +1,14 @@
 //! sectordb: a Kubernetes operator for a province's government PostgreSQL databases.
 
 pub mod api;
+pub mod conditions;
+pub mod controllers;
 pub mod crdgen;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod profile;
 pub mod quantity;
+pub mod startup;
+pub mod telemetry;
 pub mod validate;

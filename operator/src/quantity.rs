@@ -44,7 +44,9 @@ mod tests {
 
     #[test]
     fn malformed_quantities_are_refused() {
-        for q in ["", "Gi", "-1Gi", "1.Gi", ".5Gi", "1e3", "10GB", "10 Gi", "1..2Gi", "100m"] {
+        for q in [
+            "", "Gi", "-1Gi", "1.Gi", ".5Gi", "1e3", "10GB", "10 Gi", "1..2Gi", "100m",
+        ] {
             assert_eq!(bytes(q), None, "{q:?}");
         }
     }

@@ -28,11 +28,18 @@ impl fmt::Display for Violation {
 
 /// Joins violations into one message for a condition or an Event.
 pub fn describe(violations: &[Violation]) -> String {
-    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn violation(field: impl Into<String>, message: impl Into<String>) -> Violation {
-    Violation { field: field.into(), message: message.into() }
+    Violation {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// postgresql.conf parameters an agency may set. Everything else (listen addresses, TLS,
@@ -76,11 +83,16 @@ const RESERVED_ROLES: &[&str] = &["postgres", "public", "none", "current_user", 
 /// Parameter values go into postgresql.conf verbatim: no quotes, newlines or comment signs.
 fn is_safe_parameter_value(value: &str) -> bool {
     !value.is_empty()
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || " ._:/+-".contains(c))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " ._:/+-".contains(c))
 }
 
 /// Checks a SectorDatabase spec; `pinned` holds what the operator accepted before, if anything.
-pub fn database(spec: &SectorDatabaseSpec, pinned: Option<&PinnedSpec>) -> Result<(), Vec<Violation>> {
+pub fn database(
+    spec: &SectorDatabaseSpec,
+    pinned: Option<&PinnedSpec>,
+) -> Result<(), Vec<Violation>> {
     let mut found = Vec::new();
     if !(1..=5).contains(&spec.security_level) {
         found.push(violation("spec.securityLevel", "must be between 1 and 5"));
@@ -91,7 +103,10 @@ pub fn database(spec: &SectorDatabaseSpec, pinned: Option<&PinnedSpec>) -> Resul
     if spec.security_level >= 2 && spec.tls.mode == TlsMode::Optional {
         found.push(violation(
             "spec.tls.mode",
-            format!("Optional (plain connections) is allowed only at securityLevel 1, not {}", spec.security_level),
+            format!(
+                "Optional (plain connections) is allowed only at securityLevel 1, not {}",
+                spec.security_level
+            ),
         ));
     }
     for (name, value) in &spec.postgres.parameters {
@@ -109,15 +124,31 @@ pub fn database(spec: &SectorDatabaseSpec, pinned: Option<&PinnedSpec>) -> Resul
     }
     let size = quantity::bytes(&spec.storage.size.0);
     match size {
-        None => found.push(violation("spec.storage.size", format!("{:?} is not a storage quantity such as 10Gi", spec.storage.size.0))),
-        Some(bytes) if bytes < 1024f64.powi(2) => found.push(violation("spec.storage.size", "must be at least 1Mi")),
+        None => found.push(violation(
+            "spec.storage.size",
+            format!(
+                "{:?} is not a storage quantity such as 10Gi",
+                spec.storage.size.0
+            ),
+        )),
+        Some(bytes) if bytes < 1024f64.powi(2) => {
+            found.push(violation("spec.storage.size", "must be at least 1Mi"))
+        }
         Some(_) => {}
     }
     if RESERVED_DATABASES.contains(&spec.database.name.as_str()) {
-        found.push(violation("spec.database.name", format!("{:?} is reserved by PostgreSQL", spec.database.name)));
+        found.push(violation(
+            "spec.database.name",
+            format!("{:?} is reserved by PostgreSQL", spec.database.name),
+        ));
     }
-    if RESERVED_ROLES.contains(&spec.database.owner.as_str()) || spec.database.owner.starts_with("pg_") {
-        found.push(violation("spec.database.owner", format!("{:?} is reserved by PostgreSQL", spec.database.owner)));
+    if RESERVED_ROLES.contains(&spec.database.owner.as_str())
+        || spec.database.owner.starts_with("pg_")
+    {
+        found.push(violation(
+            "spec.database.owner",
+            format!("{:?} is reserved by PostgreSQL", spec.database.owner),
+        ));
     }
     if let Some(sharing) = &spec.sharing {
         found.extend(datasets(sharing));
@@ -126,17 +157,26 @@ pub fn database(spec: &SectorDatabaseSpec, pinned: Option<&PinnedSpec>) -> Resul
         if spec.database != pinned.database {
             found.push(violation(
                 "spec.database",
-                format!("is immutable: it was name={:?}, owner={:?}", pinned.database.name, pinned.database.owner),
+                format!(
+                    "is immutable: it was name={:?}, owner={:?}",
+                    pinned.database.name, pinned.database.owner
+                ),
             ));
         }
         if spec.bootstrap != pinned.bootstrap {
-            found.push(violation("spec.bootstrap", "is immutable once the database exists"));
+            found.push(violation(
+                "spec.bootstrap",
+                "is immutable once the database exists",
+            ));
         }
         if let (Some(now), Some(before)) = (size, quantity::bytes(&pinned.storage_size.0)) {
             if now < before {
                 found.push(violation(
                     "spec.storage.size",
-                    format!("may grow but never shrink: {} is smaller than {}", spec.storage.size.0, pinned.storage_size.0),
+                    format!(
+                        "may grow but never shrink: {} is smaller than {}",
+                        spec.storage.size.0, pinned.storage_size.0
+                    ),
                 ));
             }
         }
@@ -149,21 +189,33 @@ fn datasets(sharing: &crate::api::database::SharingSpec) -> Vec<Violation> {
     let mut names = BTreeSet::new();
     for (i, dataset) in sharing.datasets.iter().enumerate() {
         if !names.insert(dataset.name.as_str()) {
-            found.push(violation(format!("spec.sharing.datasets[{i}].name"), format!("{:?} is declared twice", dataset.name)));
+            found.push(violation(
+                format!("spec.sharing.datasets[{i}].name"),
+                format!("{:?} is declared twice", dataset.name),
+            ));
         }
         let mut tables = BTreeSet::new();
         for (j, table) in dataset.tables.iter().enumerate() {
             let path = format!("spec.sharing.datasets[{i}].tables[{j}]");
             if !tables.insert((table.schema.as_str(), table.name.as_str())) {
-                found.push(violation(path.clone(), format!("{}.{} is listed twice", table.schema, table.name)));
+                found.push(violation(
+                    path.clone(),
+                    format!("{}.{} is listed twice", table.schema, table.name),
+                ));
             }
             if table.columns.is_empty() {
-                found.push(violation(format!("{path}.columns"), "must name at least one column"));
+                found.push(violation(
+                    format!("{path}.columns"),
+                    "must name at least one column",
+                ));
             }
             let mut columns = BTreeSet::new();
             for column in &table.columns {
                 if !columns.insert(column.as_str()) {
-                    found.push(violation(format!("{path}.columns"), format!("{column:?} is listed twice")));
+                    found.push(violation(
+                        format!("{path}.columns"),
+                        format!("{column:?} is listed twice"),
+                    ));
                 }
             }
         }
@@ -176,8 +228,14 @@ fn datasets(sharing: &crate::api::database::SharingSpec) -> Vec<Violation> {
 pub fn connection(spec: &DataSharingConnectionSpec) -> Result<(), Vec<Violation>> {
     let mut found = Vec::new();
     match (spec.mode, &spec.replicate_into) {
-        (SharingMode::Replicate, None) => found.push(violation("spec.replicateInto", "is required when mode is Replicate")),
-        (SharingMode::ReadOnly, Some(_)) => found.push(violation("spec.replicateInto", "is allowed only when mode is Replicate")),
+        (SharingMode::Replicate, None) => found.push(violation(
+            "spec.replicateInto",
+            "is required when mode is Replicate",
+        )),
+        (SharingMode::ReadOnly, Some(_)) => found.push(violation(
+            "spec.replicateInto",
+            "is allowed only when mode is Replicate",
+        )),
         _ => {}
     }
     let purpose = spec.purpose.trim().chars().count();
@@ -185,10 +243,16 @@ pub fn connection(spec: &DataSharingConnectionSpec) -> Result<(), Vec<Violation>
         found.push(violation("spec.purpose", "must be 10 to 500 characters"));
     }
     if spec.legal_basis.trim().is_empty() {
-        found.push(violation("spec.legalBasis", "must name the legal text that allows the sharing"));
+        found.push(violation(
+            "spec.legalBasis",
+            "must name the legal text that allows the sharing",
+        ));
     }
     if !(1..=100).contains(&spec.connection_limit) {
-        found.push(violation("spec.connectionLimit", "must be between 1 and 100"));
+        found.push(violation(
+            "spec.connectionLimit",
+            "must be between 1 and 100",
+        ));
     }
     if found.is_empty() { Ok(()) } else { Err(found) }
 }
@@ -197,8 +261,14 @@ pub fn connection(spec: &DataSharingConnectionSpec) -> Result<(), Vec<Violation>
 pub fn policy(spec: &BackupPolicySpec) -> Result<(), Vec<Violation>> {
     let mut found = Vec::new();
     let mut schedules = vec![("spec.schedule.full", Some(&spec.schedule.full))];
-    schedules.push(("spec.schedule.differential", spec.schedule.differential.as_ref()));
-    schedules.push(("spec.verification.schedule", spec.verification.as_ref().map(|v| &v.schedule)));
+    schedules.push((
+        "spec.schedule.differential",
+        spec.schedule.differential.as_ref(),
+    ));
+    schedules.push((
+        "spec.verification.schedule",
+        spec.verification.as_ref().map(|v| &v.schedule),
+    ));
     for (field, cron) in schedules {
         if let Some(cron) = cron {
             if let Err(message) = parse_cron(cron) {
@@ -207,28 +277,41 @@ pub fn policy(spec: &BackupPolicySpec) -> Result<(), Vec<Violation>> {
         }
     }
     if jiff::tz::TimeZone::get(&spec.schedule.time_zone).is_err() {
-        found.push(violation("spec.schedule.timeZone", format!("{:?} is not an IANA time zone", spec.schedule.time_zone)));
+        found.push(violation(
+            "spec.schedule.timeZone",
+            format!("{:?} is not an IANA time zone", spec.schedule.time_zone),
+        ));
     }
     if spec.repositories.is_empty() || spec.repositories.len() > 4 {
-        found.push(violation("spec.repositories", "must list 1 to 4 repositories"));
+        found.push(violation(
+            "spec.repositories",
+            "must list 1 to 4 repositories",
+        ));
     }
     let mut names = BTreeSet::new();
     for (i, repo) in spec.repositories.iter().enumerate() {
         if !names.insert(repo.name.as_str()) {
-            found.push(violation(format!("spec.repositories[{i}].name"), format!("{:?} is used twice", repo.name)));
+            found.push(violation(
+                format!("spec.repositories[{i}].name"),
+                format!("{:?} is used twice", repo.name),
+            ));
         }
         match (&repo.max_lag, i) {
             (Some(_), 0) => found.push(violation(
                 "spec.repositories[0].maxLag",
                 "the first repository is the primary; maxLag applies to mirrors only",
             )),
-            (Some(lag), _) if parse_duration(lag).is_none() => {
-                found.push(violation(format!("spec.repositories[{i}].maxLag"), format!("{lag:?} is not a duration such as 30m or 1h")))
-            }
+            (Some(lag), _) if parse_duration(lag).is_none() => found.push(violation(
+                format!("spec.repositories[{i}].maxLag"),
+                format!("{lag:?} is not a duration such as 30m or 1h"),
+            )),
             _ => {}
         }
         if !repo.s3.endpoint.starts_with("https://") {
-            found.push(violation(format!("spec.repositories[{i}].s3.endpoint"), "must be an https:// URL"));
+            found.push(violation(
+                format!("spec.repositories[{i}].s3.endpoint"),
+                "must be an https:// URL",
+            ));
         }
     }
     if found.is_empty() { Ok(()) } else { Err(found) }
@@ -237,9 +320,13 @@ pub fn policy(spec: &BackupPolicySpec) -> Result<(), Vec<Violation>> {
 /// Parses a five-field cron expression.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
     if expression.split_whitespace().count() != 5 {
-        return Err(format!("{expression:?} must have five fields: minute hour day-of-month month day-of-week"));
+        return Err(format!(
+            "{expression:?} must have five fields: minute hour day-of-month month day-of-week"
+        ));
     }
-    expression.parse::<croner::Cron>().map_err(|e| format!("{expression:?} is not a cron expression: {e}"))
+    expression
+        .parse::<croner::Cron>()
+        .map_err(|e| format!("{expression:?} is not a cron expression: {e}"))
 }
 
 /// Parses durations such as `90s`, `30m`, `1h30m` or `2d` into seconds.

@@ -3,7 +3,10 @@
 
 use proptest::prelude::*;
 use sectordb::api::database::{PinnedSpec, SectorDatabaseSpec};
-use sectordb::api::{BackupPolicy, BackupPolicySpec, DataSharingConnection, DataSharingConnectionSpec, SectorDatabase};
+use sectordb::api::{
+    BackupPolicy, BackupPolicySpec, DataSharingConnection, DataSharingConnectionSpec,
+    SectorDatabase,
+};
 use sectordb::validate;
 use serde_json::{Value, json};
 
@@ -38,11 +41,13 @@ fn connection_json() -> Value {
 }
 
 fn policy_json() -> Value {
-    let repo = |name: &str, role: &str| json!({
-        "name": name, "role": role,
-        "s3": {"endpoint": "https://s3.example.internal:9000", "bucket": "backups", "region": "r1",
-               "credentialsSecret": {"name": "s3"}}
-    });
+    let repo = |name: &str, role: &str| {
+        json!({
+            "name": name, "role": role,
+            "s3": {"endpoint": "https://s3.example.internal:9000", "bucket": "backups", "region": "r1",
+                   "credentialsSecret": {"name": "s3"}}
+        })
+    };
     let mut mirror = repo("government-dc", "GovernmentDataCenter");
     mirror["maxLag"] = json!("1h");
     json!({
@@ -78,17 +83,28 @@ fn with(mut doc: Value, path: &str, value: Value) -> Value {
 
 fn database_errors(spec: Value, pinned: Option<&PinnedSpec>) -> Vec<String> {
     let spec: SectorDatabaseSpec = serde_json::from_value(spec).expect("spec deserializes");
-    validate::database(&spec, pinned).err().unwrap_or_default().iter().map(|v| v.field.clone()).collect()
+    validate::database(&spec, pinned)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
 }
 
 fn pinned(size: &str) -> PinnedSpec {
-    serde_json::from_value(json!({"database": {"name": "health", "owner": "app"}, "storageSize": size})).unwrap()
+    serde_json::from_value(
+        json!({"database": {"name": "health", "owner": "app"}, "storageSize": size}),
+    )
+    .unwrap()
 }
 
 #[test]
 fn database_sample_is_valid() {
     assert_eq!(database_errors(database_json(), None), Vec::<String>::new());
-    assert_eq!(database_errors(database_json(), Some(&pinned("10Gi"))), Vec::<String>::new());
+    assert_eq!(
+        database_errors(database_json(), Some(&pinned("10Gi"))),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -100,14 +116,30 @@ fn database_rules_reject_each_bad_field() {
         ("instances", json!(0), "spec.instances"),
         ("instances", json!(6), "spec.instances"),
         ("tls.mode", json!("Optional"), "spec.tls.mode"),
-        ("postgres.parameters", json!({"listen_addresses": "*"}), "spec.postgres.parameters.listen_addresses"),
-        ("postgres.parameters", json!({"work_mem": "4MB'\nssl = off"}), "spec.postgres.parameters.work_mem"),
+        (
+            "postgres.parameters",
+            json!({"listen_addresses": "*"}),
+            "spec.postgres.parameters.listen_addresses",
+        ),
+        (
+            "postgres.parameters",
+            json!({"work_mem": "4MB'\nssl = off"}),
+            "spec.postgres.parameters.work_mem",
+        ),
         ("storage.size", json!("ten gigs"), "spec.storage.size"),
         ("storage.size", json!("512Ki"), "spec.storage.size"),
         ("database.name", json!("postgres"), "spec.database.name"),
         ("database.owner", json!("pg_monitor"), "spec.database.owner"),
-        ("sharing.datasets.0.tables.0.columns", json!(["id", "id"]), "spec.sharing.datasets[0].tables[0].columns"),
-        ("sharing.datasets.0.tables.0.columns", json!([]), "spec.sharing.datasets[0].tables[0].columns"),
+        (
+            "sharing.datasets.0.tables.0.columns",
+            json!(["id", "id"]),
+            "spec.sharing.datasets[0].tables[0].columns",
+        ),
+        (
+            "sharing.datasets.0.tables.0.columns",
+            json!([]),
+            "spec.sharing.datasets[0].tables[0].columns",
+        ),
     ];
     for (path, value, field) in cases {
         let errors = database_errors(with(database_json(), path, value.clone()), None);
@@ -117,9 +149,17 @@ fn database_rules_reject_each_bad_field() {
 
 #[test]
 fn tls_may_be_optional_at_level_one_only() {
-    let level1 = with(with(database_json(), "securityLevel", json!(1)), "tls.mode", json!("Optional"));
+    let level1 = with(
+        with(database_json(), "securityLevel", json!(1)),
+        "tls.mode",
+        json!("Optional"),
+    );
     assert!(database_errors(level1, None).is_empty());
-    let level2 = with(with(database_json(), "securityLevel", json!(2)), "tls.mode", json!("Optional"));
+    let level2 = with(
+        with(database_json(), "securityLevel", json!(2)),
+        "tls.mode",
+        json!("Optional"),
+    );
     assert_eq!(database_errors(level2, None), vec!["spec.tls.mode"]);
 }
 
@@ -127,42 +167,73 @@ fn tls_may_be_optional_at_level_one_only() {
 fn dataset_names_are_unique() {
     let mut doc = database_json();
     let dataset = doc["sharing"]["datasets"][0].clone();
-    doc["sharing"]["datasets"].as_array_mut().unwrap().push(dataset);
-    assert_eq!(database_errors(doc, None), vec!["spec.sharing.datasets[1].name"]);
+    doc["sharing"]["datasets"]
+        .as_array_mut()
+        .unwrap()
+        .push(dataset);
+    assert_eq!(
+        database_errors(doc, None),
+        vec!["spec.sharing.datasets[1].name"]
+    );
 }
 
 #[test]
 fn database_name_is_immutable_against_the_pinned_spec() {
     let renamed = with(database_json(), "database.name", json!("health2"));
-    assert_eq!(database_errors(renamed, Some(&pinned("10Gi"))), vec!["spec.database"]);
+    assert_eq!(
+        database_errors(renamed, Some(&pinned("10Gi"))),
+        vec!["spec.database"]
+    );
 }
 
 #[test]
 fn storage_may_grow_but_never_shrink() {
-    assert!(database_errors(with(database_json(), "storage.size", json!("20Gi")), Some(&pinned("10Gi"))).is_empty());
+    assert!(
+        database_errors(
+            with(database_json(), "storage.size", json!("20Gi")),
+            Some(&pinned("10Gi"))
+        )
+        .is_empty()
+    );
     assert_eq!(
-        database_errors(with(database_json(), "storage.size", json!("5Gi")), Some(&pinned("10Gi"))),
+        database_errors(
+            with(database_json(), "storage.size", json!("5Gi")),
+            Some(&pinned("10Gi"))
+        ),
         vec!["spec.storage.size"]
     );
 }
 
 #[test]
 fn bootstrap_is_immutable_against_the_pinned_spec() {
-    let bootstrap = json!({"fromBackup": {"policy": "p", "database": {"namespace": "a", "name": "b"}}});
+    let bootstrap =
+        json!({"fromBackup": {"policy": "p", "database": {"namespace": "a", "name": "b"}}});
     let added = with(database_json(), "bootstrap", bootstrap);
-    assert_eq!(database_errors(added.clone(), Some(&pinned("10Gi"))), vec!["spec.bootstrap"]);
+    assert_eq!(
+        database_errors(added.clone(), Some(&pinned("10Gi"))),
+        vec!["spec.bootstrap"]
+    );
     assert!(database_errors(added, None).is_empty());
 }
 
 fn connection_errors(spec: Value) -> Vec<String> {
     let spec: DataSharingConnectionSpec = serde_json::from_value(spec).expect("spec deserializes");
-    validate::connection(&spec).err().unwrap_or_default().iter().map(|v| v.field.clone()).collect()
+    validate::connection(&spec)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
 }
 
 #[test]
 fn connection_sample_is_valid() {
     assert!(connection_errors(connection_json()).is_empty());
-    let replicate = with(with(connection_json(), "mode", json!("Replicate")), "replicateInto", json!({"database": "w"}));
+    let replicate = with(
+        with(connection_json(), "mode", json!("Replicate")),
+        "replicateInto",
+        json!({"database": "w"}),
+    );
     assert!(connection_errors(replicate).is_empty());
 }
 
@@ -170,7 +241,11 @@ fn connection_sample_is_valid() {
 fn connection_rules_reject_each_bad_field() {
     let cases: &[(&str, Value, &str)] = &[
         ("mode", json!("Replicate"), "spec.replicateInto"),
-        ("replicateInto", json!({"database": "w"}), "spec.replicateInto"),
+        (
+            "replicateInto",
+            json!({"database": "w"}),
+            "spec.replicateInto",
+        ),
         ("purpose", json!("too short"), "spec.purpose"),
         ("purpose", json!("x".repeat(501)), "spec.purpose"),
         ("legalBasis", json!("  "), "spec.legalBasis"),
@@ -178,13 +253,22 @@ fn connection_rules_reject_each_bad_field() {
         ("connectionLimit", json!(101), "spec.connectionLimit"),
     ];
     for (path, value, field) in cases {
-        assert_eq!(connection_errors(with(connection_json(), path, value.clone())), vec![field.to_string()], "{path}");
+        assert_eq!(
+            connection_errors(with(connection_json(), path, value.clone())),
+            vec![field.to_string()],
+            "{path}"
+        );
     }
 }
 
 fn policy_errors(spec: Value) -> Vec<String> {
     let spec: BackupPolicySpec = serde_json::from_value(spec).expect("spec deserializes");
-    validate::policy(&spec).err().unwrap_or_default().iter().map(|v| v.field.clone()).collect()
+    validate::policy(&spec)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
 }
 
 #[test]
@@ -196,18 +280,54 @@ fn policy_sample_is_valid() {
 fn policy_rules_reject_each_bad_field() {
     let cases: &[(&str, Value, &str)] = &[
         ("schedule.full", json!("every sunday"), "spec.schedule.full"),
-        ("schedule.full", json!("0 1 * * 0 2026"), "spec.schedule.full"),
-        ("schedule.differential", json!("61 1 * * 1-6"), "spec.schedule.differential"),
-        ("verification.schedule", json!("0 25 * * 6"), "spec.verification.schedule"),
-        ("schedule.timeZone", json!("Mars/Olympus_Mons"), "spec.schedule.timeZone"),
-        ("repositories.1.name", json!("provincial-dc"), "spec.repositories[1].name"),
-        ("repositories.0.maxLag", json!("1h"), "spec.repositories[0].maxLag"),
-        ("repositories.1.maxLag", json!("1 hour"), "spec.repositories[1].maxLag"),
-        ("repositories.1.s3.endpoint", json!("http://s3.example.internal"), "spec.repositories[1].s3.endpoint"),
+        (
+            "schedule.full",
+            json!("0 1 * * 0 2026"),
+            "spec.schedule.full",
+        ),
+        (
+            "schedule.differential",
+            json!("61 1 * * 1-6"),
+            "spec.schedule.differential",
+        ),
+        (
+            "verification.schedule",
+            json!("0 25 * * 6"),
+            "spec.verification.schedule",
+        ),
+        (
+            "schedule.timeZone",
+            json!("Mars/Olympus_Mons"),
+            "spec.schedule.timeZone",
+        ),
+        (
+            "repositories.1.name",
+            json!("provincial-dc"),
+            "spec.repositories[1].name",
+        ),
+        (
+            "repositories.0.maxLag",
+            json!("1h"),
+            "spec.repositories[0].maxLag",
+        ),
+        (
+            "repositories.1.maxLag",
+            json!("1 hour"),
+            "spec.repositories[1].maxLag",
+        ),
+        (
+            "repositories.1.s3.endpoint",
+            json!("http://s3.example.internal"),
+            "spec.repositories[1].s3.endpoint",
+        ),
         ("repositories", json!([]), "spec.repositories"),
     ];
     for (path, value, field) in cases {
-        assert_eq!(policy_errors(with(policy_json(), path, value.clone())), vec![field.to_string()], "{path}");
+        assert_eq!(
+            policy_errors(with(policy_json(), path, value.clone())),
+            vec![field.to_string()],
+            "{path}"
+        );
     }
 }
 
@@ -230,51 +350,98 @@ fn cel_accepts_database(new: Value, old: Option<Value>) -> bool {
     let new: SectorDatabase = serde_json::from_value(object("SectorDatabase", new)).unwrap();
     match old {
         None => new.validate_cel().is_ok(),
-        Some(old) => new.validate_cel_update(&serde_json::from_value(object("SectorDatabase", old)).unwrap()).is_ok(),
+        Some(old) => new
+            .validate_cel_update(&serde_json::from_value(object("SectorDatabase", old)).unwrap())
+            .is_ok(),
     }
 }
 
 #[test]
 fn cel_refuses_plain_connections_above_level_one() {
-    let level1 = with(with(database_json(), "securityLevel", json!(1)), "tls.mode", json!("Optional"));
+    let level1 = with(
+        with(database_json(), "securityLevel", json!(1)),
+        "tls.mode",
+        json!("Optional"),
+    );
     assert!(cel_accepts_database(level1, None));
-    assert!(!cel_accepts_database(with(database_json(), "tls.mode", json!("Optional")), None));
+    assert!(!cel_accepts_database(
+        with(database_json(), "tls.mode", json!("Optional")),
+        None
+    ));
 }
 
 #[test]
 fn cel_keeps_database_and_bootstrap_immutable() {
     let old = database_json();
-    assert!(cel_accepts_database(with(old.clone(), "instances", json!(2)), Some(old.clone())));
-    assert!(!cel_accepts_database(with(old.clone(), "database.name", json!("other")), Some(old.clone())));
-    let bootstrap = json!({"fromBackup": {"policy": "p", "database": {"namespace": "a", "name": "b"}}});
-    assert!(!cel_accepts_database(with(old.clone(), "bootstrap", bootstrap), Some(old)));
+    assert!(cel_accepts_database(
+        with(old.clone(), "instances", json!(2)),
+        Some(old.clone())
+    ));
+    assert!(!cel_accepts_database(
+        with(old.clone(), "database.name", json!("other")),
+        Some(old.clone())
+    ));
+    let bootstrap =
+        json!({"fromBackup": {"policy": "p", "database": {"namespace": "a", "name": "b"}}});
+    assert!(!cel_accepts_database(
+        with(old.clone(), "bootstrap", bootstrap),
+        Some(old)
+    ));
 }
 
 #[test]
 fn cel_refuses_shrinking_storage() {
     let old = database_json();
-    assert!(cel_accepts_database(with(old.clone(), "storage.size", json!("20Gi")), Some(old.clone())));
-    assert!(!cel_accepts_database(with(old.clone(), "storage.size", json!("5Gi")), Some(old)));
+    assert!(cel_accepts_database(
+        with(old.clone(), "storage.size", json!("20Gi")),
+        Some(old.clone())
+    ));
+    assert!(!cel_accepts_database(
+        with(old.clone(), "storage.size", json!("5Gi")),
+        Some(old)
+    ));
 }
 
 #[test]
 fn cel_requires_replicate_into_exactly_for_replicate_mode() {
     let accepts = |spec: Value| {
-        serde_json::from_value::<DataSharingConnection>(object("DataSharingConnection", spec)).unwrap().validate_cel().is_ok()
+        serde_json::from_value::<DataSharingConnection>(object("DataSharingConnection", spec))
+            .unwrap()
+            .validate_cel()
+            .is_ok()
     };
     assert!(accepts(connection_json()));
-    assert!(!accepts(with(connection_json(), "mode", json!("Replicate"))));
-    assert!(!accepts(with(connection_json(), "replicateInto", json!({"database": "w"}))));
+    assert!(!accepts(with(
+        connection_json(),
+        "mode",
+        json!("Replicate")
+    )));
+    assert!(!accepts(with(
+        connection_json(),
+        "replicateInto",
+        json!({"database": "w"})
+    )));
 }
 
 #[test]
 fn cel_checks_repository_names_and_primary_lag() {
     let accepts = |spec: Value| {
-        serde_json::from_value::<BackupPolicy>(object("BackupPolicy", spec)).unwrap().validate_cel().is_ok()
+        serde_json::from_value::<BackupPolicy>(object("BackupPolicy", spec))
+            .unwrap()
+            .validate_cel()
+            .is_ok()
     };
     assert!(accepts(policy_json()));
-    assert!(!accepts(with(policy_json(), "repositories.1.name", json!("provincial-dc"))));
-    assert!(!accepts(with(policy_json(), "repositories.0.maxLag", json!("1h"))));
+    assert!(!accepts(with(
+        policy_json(),
+        "repositories.1.name",
+        json!("provincial-dc")
+    )));
+    assert!(!accepts(with(
+        policy_json(),
+        "repositories.0.maxLag",
+        json!("1h")
+    )));
 }
 
 // Random and malformed input: validation must answer, never panic.
@@ -300,7 +467,8 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
 
 /// Replaces one field of a valid document with arbitrary JSON.
 fn mutate(base: Value, fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
-    (prop::sample::select(fields), arbitrary_json()).prop_map(move |(field, value)| with(base.clone(), field, value))
+    (prop::sample::select(fields), arbitrary_json())
+        .prop_map(move |(field, value)| with(base.clone(), field, value))
 }
 
 proptest! {

@@ -124,7 +124,9 @@ pub struct PostgresSpec {
 }
 
 /// Supported PostgreSQL major versions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum PostgresVersion {
     #[default]
     #[serde(rename = "15")]
@@ -142,7 +144,9 @@ pub struct TlsSpec {
 }
 
 /// Whether plain (non-TLS) client connections are accepted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum TlsMode {
     #[default]
     Required,
@@ -193,7 +197,10 @@ pub struct SharingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Dataset {
     /// Dataset name, referenced by DataSharingConnection `spec.provider.dataset`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// Tables and the columns of each that may be shared.
     #[schemars(length(min = 1, max = 64))]
@@ -211,7 +218,10 @@ pub struct SharedTable {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     pub name: String,
     /// Columns that may be shared; a grant names a subset of them.
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$")))]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))
+    )]
     pub columns: Vec<String>,
 }
 
@@ -228,7 +238,10 @@ pub struct Bootstrap {
 #[serde(rename_all = "camelCase")]
 pub struct FromBackup {
     /// The BackupPolicy whose repositories hold the backups.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub policy: String,
     /// The database whose backups are restored.
     pub database: NamespacedName,
@@ -241,7 +254,9 @@ pub struct FromBackup {
 /// Delete removes the volumes (after a final full backup when a BackupPolicy covers the database).
 // Variants carry no doc comments: schemars would turn them into a `oneOf`, which is not a
 // structural schema.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum DeletionPolicy {
     #[default]
     Retain,

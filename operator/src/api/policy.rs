@@ -112,7 +112,10 @@ pub struct Retention {
 #[serde(rename_all = "camelCase")]
 pub struct Repository {
     /// Repository name, unique in the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// ProvincialDataCenter (trung tâm dữ liệu tỉnh), GovernmentDataCenter (trung tâm dữ liệu
     /// Chính phủ, off-site) or Other.
@@ -138,10 +141,16 @@ pub enum RepositoryRole {
 #[serde(rename_all = "camelCase")]
 pub struct S3Storage {
     /// Endpoint URL; must be https.
-    #[schemars(length(min = 9, max = 512), regex(pattern = r"^https://[^\s/]+(:[0-9]+)?/?$"))]
+    #[schemars(
+        length(min = 9, max = 512),
+        regex(pattern = r"^https://[^\s/]+(:[0-9]+)?/?$")
+    )]
     pub endpoint: String,
     /// Bucket name.
-    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    )]
     pub bucket: String,
     /// Region the bucket lives in.
     #[serde(default = "default_region")]
@@ -167,7 +176,9 @@ fn default_region() -> String {
 }
 
 /// S3 addressing style.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum UriStyle {
     #[default]
     Path,

@@ -1,0 +1,181 @@
+//! The three controllers and what they share: the context, the error type, status writes and
+//! Events.
+
+pub mod connection;
+pub mod database;
+pub mod policy;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::core::{DeserializeGuard, object::HasStatus};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::conditions::{Want, settle};
+use crate::metrics::Metrics;
+use crate::profile::SecurityProfile;
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub profile: SecurityProfile,
+}
+
+/// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("publishing an Event failed: {0}")]
+    Event(#[source] kube::Error),
+}
+
+impl Error {
+    /// Low-cardinality label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "ApiError",
+            Error::Event(_) => "EventError",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The server-side apply field manager of a controller.
+pub fn field_manager(controller: &str) -> String {
+    format!("sectordb/{controller}")
+}
+
+/// Retries failed reconciles with a fixed delay; the controller's own queue dedups them.
+pub fn error_policy<K>(
+    controller: &'static str,
+) -> impl Fn(Arc<DeserializeGuard<K>>, &Error, Arc<Context>) -> Action {
+    move |_, error, ctx| {
+        ctx.metrics.failure(controller, error.category());
+        tracing::warn!(controller, category = error.category(), %error, "reconcile failed; retrying");
+        Action::requeue(Duration::from_secs(15))
+    }
+}
+
+/// The current instant at the precision metav1.Time keeps (whole seconds), so a status built now
+/// compares equal to the same status read back from the apiserver.
+pub fn now() -> Time {
+    let now = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// Writes `status` with server-side apply unless the object already has exactly that status, so
+/// a no-op reconcile makes no write.
+pub async fn write_status<K>(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<K>,
+    obj: &K,
+    status: &K::Status,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + HasStatus + Clone + DeserializeOwned + Debug,
+    K::Status: Serialize + PartialEq,
+{
+    if obj.status() == Some(status) {
+        return Ok(());
+    }
+    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(&field_manager(controller)).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    ctx.metrics.status_write(controller);
+    Ok(())
+}
+
+/// Publishes an Event about `obj` when its Ready condition changes reason, so a steady state
+/// emits nothing.
+pub async fn announce<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    previous: &[Condition],
+    ready: &Condition,
+) -> Result<()> {
+    let before = previous.iter().find(|c| c.type_ == ready.type_);
+    if before.is_some_and(|c| c.reason == ready.reason && c.status == ready.status) {
+        return Ok(());
+    }
+    let type_ = if ready.status == "True" || ready.reason == "Pending" {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    let event = Event {
+        type_,
+        reason: ready.reason.clone(),
+        note: Some(truncate(&ready.message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.recorder
+        .publish(&event, &obj.object_ref(&()))
+        .await
+        .map_err(Error::Event)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// An object whose stored form does not decode (a bad enum value, a wrong type) is reported
+/// as `Ready=False, reason=InvalidSpec`: the operator neither panics on it nor stops watching
+/// its kind.
+pub async fn report_undecodable<K>(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<K>,
+    invalid: &kube::core::error_boundary::InvalidObject,
+    phase: Option<&str>,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let generation = invalid.metadata.generation;
+    let message = format!(
+        "the object does not match the sectordb.io/v1alpha1 API: {}",
+        invalid.error
+    );
+    let ready = settle(
+        vec![Want::new("Ready", false, "InvalidSpec", message.clone())],
+        &[],
+        generation,
+        &now(),
+    );
+    let mut status = json!({"observedGeneration": generation, "conditions": ready});
+    if let Some(phase) = phase {
+        status["phase"] = json!(phase);
+    }
+    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    tracing::warn!(controller, object = %name, namespace = ?invalid.metadata.namespace, %message, "undecodable object");
+    api.patch_status(
+        &name,
+        &PatchParams::apply(&field_manager(controller)).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    ctx.metrics.status_write(controller);
+    Ok(Action::await_change())
+}
