@@ -54,7 +54,7 @@ fn check(node: &Value, path: &str, problems: &mut Vec<String>) {
                 .and_then(Value::as_str)
                 .is_some_and(|d| !d.trim().is_empty());
             // apiVersion, kind and metadata are the apiserver's own fields.
-            if !described && path != "" {
+            if !described && !path.is_empty() {
                 problems.push(format!("{child_path}: no description"));
             }
             check(child, &child_path, problems);
