@@ -1,1 +1,112 @@
-pub fn placeholder() {}
+//! Helpers for end-to-end tests against the real cluster the kubeconfig names (`KUBECONFIG`).
+//! Every test works in namespaces of its own and removes them; every wait has a deadline.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// Where the chart installs the operator.
+pub const OPERATOR_NAMESPACE: &str = "sectordb-system";
+pub const OPERATOR_NAME: &str = "sectordb-operator";
+
+/// A client for the cluster under test, with the one rustls crypto provider installed.
+pub async fn client() -> Result<Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::try_default()
+        .await
+        .context("no cluster: set KUBECONFIG (scripts/test does)")
+}
+
+/// Waits until `condition` holds for the named object (`None`: it does not exist), or fails
+/// after `timeout`. Returns the object as it was when the condition held.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    condition: impl Fn(Option<&K>) -> bool,
+) -> Result<Option<K>>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    Ok(
+        tokio::time::timeout(timeout, await_condition(api.clone(), name, condition))
+            .await
+            .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {name}: {what}"))??,
+    )
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout`; for state that has no watch.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!("timed out after {timeout:?} waiting for: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// GET through the apiserver's service proxy, e.g. the operator's `/metrics`.
+pub async fn proxy_get(
+    client: &Client,
+    namespace: &str,
+    target: &str,
+    path: &str,
+) -> Result<String> {
+    let uri = format!("/api/v1/namespaces/{namespace}/{target}/proxy{path}");
+    let request = http::Request::get(uri).body(Vec::new())?;
+    Ok(client.request_text(request).await?)
+}
+
+/// A namespace that exists for one test.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let suffix = jiff::Timestamp::now().as_millisecond() % 1_000_000;
+        let name = format!("e2e-{prefix}-{suffix}");
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"sectordb.io/e2e": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    /// Deletes the namespace and waits until it is gone.
+    pub async fn delete(self) -> Result<()> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        api.delete(&self.name, &DeleteParams::default()).await?;
+        wait_for(
+            &api,
+            &self.name,
+            Duration::from_secs(120),
+            "namespace deleted",
+            |ns| ns.is_none(),
+        )
+        .await?;
+        Ok(())
+    }
+}

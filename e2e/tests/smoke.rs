@@ -1,0 +1,344 @@
+//! Smoke tests of the operator as the chart installs it on the local cluster: it is ready, serves
+//! its CRDs and metrics, reports true status, refuses bad input, and survives losing its pod.
+//! Run by scripts/test after `helm install`; they share the one operator, so they run one at a
+//! time (`--test-threads=1`).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use sectordb::api::SectorDatabase;
+use sectordb::api::database::DatabasePhase;
+use sectordb_e2e::{
+    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, poll, proxy_get, wait_for,
+};
+use serde_json::{Value, json};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn database(name: &str, level: i32) -> Value {
+    json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
+        "metadata": {"name": name},
+        "spec": {
+            "agency": {"code": "000.00.12.H53", "name": "Department of Health"},
+            "sector": "Health", "classification": "Shared", "securityLevel": level,
+            "storage": {"size": "1Gi"}, "database": {"name": "health", "owner": "app"}
+        }
+    })
+}
+
+fn ready_reason(db: Option<&SectorDatabase>) -> Option<(String, String, String)> {
+    let status = db?.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn observed_current(db: Option<&SectorDatabase>) -> bool {
+    db.and_then(|db| Some(db.status.as_ref()?.observed_generation == db.metadata.generation))
+        .unwrap_or(false)
+}
+
+async fn operator_pod(client: &Client) -> Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
+        .await?;
+    list.items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .context("no operator pod")
+}
+
+async fn operator_ready(client: &Client) -> Result<String> {
+    let pod = operator_pod(client).await?;
+    let readyz = proxy_get(
+        client,
+        OPERATOR_NAMESPACE,
+        &format!("pods/{}:8080", pod.name_any()),
+        "/readyz",
+    )
+    .await?;
+    Ok(readyz)
+}
+
+#[tokio::test]
+async fn chart_installs_a_ready_operator_with_established_crds() -> Result<()> {
+    let client = client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    wait_for(
+        &deployments,
+        OPERATOR_NAME,
+        2 * MINUTE,
+        "deployment available",
+        |d| {
+            d.and_then(|d| d.status.as_ref()?.available_replicas)
+                .unwrap_or(0)
+                >= 1
+        },
+    )
+    .await?;
+    assert_eq!(operator_ready(&client).await?, "ready");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "sectordatabases.sectordb.io",
+        "datasharingconnections.sectordb.io",
+        "backuppolicies.sectordb.io",
+    ] {
+        let crd = crds.get(name).await?;
+        let established = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert!(
+            established
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"),
+            "{name} not established"
+        );
+        assert_eq!(
+            crd.metadata
+                .annotations
+                .unwrap_or_default()
+                .get("helm.sh/resource-policy")
+                .map(String::as_str),
+            Some("keep")
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_valid_database_gets_true_status_and_an_event() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "status").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("records", 3))?,
+    )
+    .await?;
+    let db = wait_for(
+        &api,
+        "records",
+        MINUTE,
+        "status for the current generation",
+        observed_current,
+    )
+    .await?
+    .context("database vanished")?;
+    let status = db.status.as_ref().context("no status")?;
+    // No PostgreSQL runs behind it yet, so it must not claim to be Ready.
+    assert_eq!(status.phase, Some(DatabasePhase::Pending));
+    assert_eq!(
+        ready_reason(Some(&db)).map(|r| (r.0, r.1)),
+        Some(("False".into(), "NotProvisioned".into()))
+    );
+    let compliant = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .context("no Compliant")?;
+    assert_eq!(compliant.status, "False");
+    assert_eq!(
+        status.pinned.as_ref().map(|p| p.database.name.as_str()),
+        Some("health")
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    poll(
+        MINUTE,
+        "a NotProvisioned Event for the database",
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("NotProvisioned")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("records")
+            })
+        },
+    )
+    .await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn the_schema_rejects_bad_input_and_the_operator_reports_what_cel_would() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "invalid").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+
+    // Schema: a level outside 1..5 and a malformed agency code never reach the operator.
+    for (patch, field) in [
+        (json!({"securityLevel": 6}), "spec.securityLevel"),
+        (
+            json!({"agency": {"code": "not a code", "name": "x"}}),
+            "spec.agency.code",
+        ),
+        (json!({"sector": "Astrology"}), "spec.sector"),
+    ] {
+        let mut bad = database("bad", 3);
+        for (k, v) in patch.as_object().unwrap() {
+            bad["spec"][k] = v.clone();
+        }
+        let error = api
+            .create(&PostParams::default(), &serde_json::from_value(bad)?)
+            .await;
+        let error = error
+            .err()
+            .with_context(|| format!("{field} was accepted"))?;
+        assert!(
+            matches!(&error, kube::Error::Api(s) if s.code == 422),
+            "{field}: {error}"
+        );
+        assert!(
+            error.to_string().contains(field),
+            "{field} not named in: {error}"
+        );
+    }
+
+    // A cross-field rule: plain connections at level 3. Apiservers with CEL refuse it; on
+    // those without (1.20), the operator reports InvalidSpec naming the field.
+    let mut plain = database("plain", 3);
+    plain["spec"]["tls"] = json!({"mode": "Optional"});
+    match api
+        .create(&PostParams::default(), &serde_json::from_value(plain)?)
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains("spec.tls.mode"), "{}", s.message),
+        Err(other) => return Err(other.into()),
+        Ok(_) => {
+            let db = wait_for(&api, "plain", MINUTE, "InvalidSpec", |db| {
+                ready_reason(db).is_some_and(|r| r.1 == "InvalidSpec") && observed_current(db)
+            })
+            .await?;
+            let (_, _, message) = ready_reason(db.as_ref()).unwrap();
+            assert!(message.contains("spec.tls.mode"), "{message}");
+            assert_eq!(
+                db.unwrap().status.unwrap().phase,
+                Some(DatabasePhase::Failed)
+            );
+        }
+    }
+
+    // Immutability: renaming the database after acceptance.
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("renamed", 2))?,
+    )
+    .await?;
+    wait_for(&api, "renamed", MINUTE, "accepted and pinned", |db| {
+        db.and_then(|d| d.status.as_ref()?.pinned.as_ref())
+            .is_some()
+    })
+    .await?;
+    let rename = Patch::Merge(json!({"spec": {"database": {"name": "other"}}}));
+    match api.patch("renamed", &PatchParams::default(), &rename).await {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains("immutable"), "{}", s.message),
+        Err(other) => return Err(other.into()),
+        Ok(_) => {
+            let db = wait_for(&api, "renamed", MINUTE, "InvalidSpec after rename", |db| {
+                ready_reason(db).is_some_and(|r| r.1 == "InvalidSpec") && observed_current(db)
+            })
+            .await?;
+            assert!(
+                ready_reason(db.as_ref())
+                    .unwrap()
+                    .2
+                    .contains("spec.database")
+            );
+        }
+    }
+    // The operator kept running through all of it.
+    assert_eq!(operator_ready(&client).await?, "ready");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn metrics_are_served() -> Result<()> {
+    let client = client().await?;
+    let metrics = proxy_get(
+        &client,
+        OPERATOR_NAMESPACE,
+        "services/sectordb-operator-metrics:http-metrics",
+        "/metrics",
+    )
+    .await?;
+    assert!(metrics.contains("sectordb_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("sectordb_reconciles_total{controller="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sectordb_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn zz_operator_survives_losing_its_pod_and_the_lease_moves() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "failover").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("steady", 2))?,
+    )
+    .await?;
+    let before = wait_for(&api, "steady", MINUTE, "status written", observed_current)
+        .await?
+        .context("gone")?;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let holder = |l: Option<&Lease>| l.and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+    let old = operator_pod(&client).await?.name_any();
+    assert_eq!(
+        holder(leases.get_opt(OPERATOR_NAME).await?.as_ref()),
+        Some(old.clone())
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    pods.delete(&old, &DeleteParams::default()).await?;
+    let lease = wait_for(&leases, OPERATOR_NAME, 2 * MINUTE, "a new holder", |l| {
+        holder(l).is_some_and(|h| h != old)
+    })
+    .await?;
+    let new = holder(lease.as_ref()).unwrap();
+    poll(2 * MINUTE, "the new operator pod ready", || async {
+        (operator_pod(&client).await.ok()?.name_any() == new
+            && operator_ready(&client).await.ok()? == "ready")
+            .then_some(())
+    })
+    .await?;
+
+    // The new leader reconciles what exists without rewriting it: a no-op reconcile writes nothing.
+    poll(
+        MINUTE,
+        "the new operator has reconciled databases",
+        || async {
+            let m = proxy_get(
+                &client,
+                OPERATOR_NAMESPACE,
+                &format!("pods/{new}:8080"),
+                "/metrics",
+            )
+            .await
+            .ok()?;
+            m.lines()
+                .find(|l| l.starts_with("sectordb_reconciles_total{controller=\"database\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .filter(|n| *n >= 1.0)
+        },
+    )
+    .await?;
+    let after = api.get("steady").await?;
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "a no-op reconcile rewrote the status"
+    );
+    ns.delete().await
+}
