@@ -36,9 +36,118 @@ pub fn to_chart_template(crd: &CustomResourceDefinition) -> String {
     )
 }
 
+/// The API reference in Markdown: one table per kind, a row per field, from the CRD schemas, so
+/// the reference says exactly what the apiserver enforces.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# API reference: `sectordb.io/v1alpha1`\n\nGenerated from the CRDs by `sectordb-operator crd --write`; do not edit.\n\
+         Rules that span fields are listed under each kind; the operator checks them again (see architecture.md).\n",
+    );
+    for crd in all() {
+        let names = &crd.spec.names;
+        let version = &crd.spec.versions[0];
+        let schema = serde_json::to_value(
+            &version
+                .schema
+                .as_ref()
+                .expect("derived CRDs carry a schema")
+                .open_api_v3_schema,
+        )
+        .expect("a schema serializes");
+        out.push_str(&format!(
+            "\n## {} ({}, short name `{}`)\n\n| field | type | constraints | description |\n|---|---|---|---|\n",
+            names.kind,
+            crd.spec.scope,
+            names.short_names.as_deref().unwrap_or_default().join(", ")
+        ));
+        let mut rules = Vec::new();
+        for part in ["spec", "status"] {
+            rows(&schema["properties"][part], part, &mut out, &mut rules);
+        }
+        if !rules.is_empty() {
+            out.push_str("\nCross-field rules (CEL):\n\n");
+            for (path, message) in rules {
+                out.push_str(&format!("- `{path}`: {message}\n"));
+            }
+        }
+    }
+    out.push_str("\n## `spec.postgres.parameters` an agency may set\n\nAny other parameter is `InvalidSpec`; values may hold only letters, digits, spaces and `. _ : / + -`.\n\n");
+    for name in crate::validate::ALLOWED_PARAMETERS {
+        out.push_str(&format!("- `{name}`\n"));
+    }
+    out
+}
+
+fn rows(node: &serde_json::Value, path: &str, out: &mut String, rules: &mut Vec<(String, String)>) {
+    for rule in node["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        rules.push((
+            path.to_string(),
+            rule["message"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let Some(properties) = node["properties"].as_object() else {
+        return;
+    };
+    let required: Vec<&str> = node["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for (name, child) in properties {
+        let child_path = format!("{path}.{name}");
+        let type_ = match (child["type"].as_str(), child["items"]["type"].as_str()) {
+            (Some("array"), Some(items)) => format!("[]{items}"),
+            (Some(t), _) => t.to_string(),
+            (None, _) if child["x-kubernetes-int-or-string"] == true => "quantity".into(),
+            (None, _) => "any".into(),
+        };
+        let mut constraints = Vec::new();
+        if required.contains(&name.as_str()) {
+            constraints.push("required".to_string());
+        }
+        for key in [
+            "enum",
+            "minimum",
+            "maximum",
+            "minLength",
+            "maxLength",
+            "pattern",
+            "minItems",
+            "maxItems",
+            "default",
+        ] {
+            if let Some(value) = child.get(key) {
+                constraints.push(format!("{key}: `{value}`"));
+            }
+        }
+        let description = child["description"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\n', " ")
+            .replace('|', "\\|");
+        out.push_str(&format!(
+            "| `{child_path}` | {type_} | {} | {description} |\n",
+            constraints.join(", ").replace('|', "\\|")
+        ));
+        // Kubernetes' own types (resources, conditions, selectors) are documented upstream.
+        if !matches!(
+            name.as_str(),
+            "resources" | "conditions" | "namespaceSelector" | "selector"
+        ) {
+            rows(child, &child_path, out, rules);
+            rows(&child["items"], &format!("{child_path}[]"), out, rules);
+        }
+    }
+}
+
 /// Every generated file, as (path relative to the repository root, contents).
 pub fn files() -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
+    let mut out = vec![(PathBuf::from("docs/api.md"), reference())];
     for crd in all() {
         let file = format!("{}.yaml", crd.spec.names.plural);
         out.push((Path::new("crds").join(&file), to_yaml(&crd)));
