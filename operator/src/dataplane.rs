@@ -1,0 +1,472 @@
+//! The Kubernetes objects behind a SectorDatabase, built from its spec. Pure: no client here,
+//! so every builder is unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::SectorDatabase;
+use crate::pgconf::{self, CONFIG_DIR, PORT, SOCKET_DIR, TLS_DIR};
+
+/// uid and gid of `postgres` in the project's PostgreSQL image (Debian's package assigns them).
+pub const POSTGRES_UID: i64 = 100;
+pub const POSTGRES_GID: i64 = 102;
+pub const DATA_DIR: &str = "/var/lib/postgresql/data";
+const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+
+/// Names of everything a database owns.
+pub struct Names {
+    pub statefulset: String,
+    pub headless: String,
+    pub read_write: String,
+    pub config: String,
+    pub server_tls: String,
+    pub ca: String,
+    pub app: String,
+    pub superuser: String,
+}
+
+pub fn names(db: &str) -> Names {
+    Names {
+        statefulset: db.to_string(),
+        headless: format!("{db}-hl"),
+        read_write: format!("{db}-rw"),
+        config: format!("{db}-config"),
+        server_tls: format!("{db}-server-tls"),
+        ca: format!("{db}-ca"),
+        app: format!("{db}-app"),
+        superuser: format!("{db}-superuser"),
+    }
+}
+
+/// What the builders need beyond the spec.
+pub struct Settings<'a> {
+    pub image: &'a str,
+    pub image_pull_policy: &'a str,
+    pub operator_namespace: &'a str,
+}
+
+/// Labels that select a database's pods.
+pub fn selector_labels(db: &SectorDatabase) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sectordb-postgres".into()),
+        ("app.kubernetes.io/instance".into(), db.name_any()),
+    ])
+}
+
+/// Labels every child carries.
+pub fn labels(db: &SectorDatabase) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(db);
+    labels.insert("app.kubernetes.io/component".into(), "database".into());
+    labels.insert("app.kubernetes.io/part-of".into(), "sectordb".into());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "sectordb-operator".into(),
+    );
+    labels.insert(
+        "sectordb.io/agency-code".into(),
+        db.spec.agency.code.clone(),
+    );
+    labels
+}
+
+fn owner(db: &SectorDatabase) -> OwnerReference {
+    db.controller_owner_ref(&())
+        .expect("a stored SectorDatabase has a name and uid")
+}
+
+fn metadata(db: &SectorDatabase, name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "namespace": db.namespace(),
+        "labels": labels(db),
+        "ownerReferences": [owner(db)],
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("builders produce valid Kubernetes objects")
+}
+
+/// The ConfigMap with postgresql.conf and pg_hba.conf.
+pub fn config_map(db: &SectorDatabase) -> ConfigMap {
+    from_json(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(db, &names(&db.name_any()).config),
+        "data": {
+            "postgresql.conf": pgconf::postgresql_conf(&db.spec),
+            "pg_hba.conf": pgconf::pg_hba_conf(&db.spec),
+        }
+    }))
+}
+
+/// A short, stable digest of the configuration files: in the pod template it makes the
+/// StatefulSet restart PostgreSQL exactly when a file changed.
+pub fn config_hash(config: &ConfigMap) -> String {
+    let text = serde_json::to_string(&config.data).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The read-write Service (the primary) and the headless Service the StatefulSet needs.
+pub fn services(db: &SectorDatabase) -> Vec<Service> {
+    let n = names(&db.name_any());
+    let mut primary = selector_labels(db);
+    primary.insert(
+        "statefulset.kubernetes.io/pod-name".into(),
+        format!("{}-0", n.statefulset),
+    );
+    let port = json!([{"name": "postgres", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]);
+    vec![
+        from_json(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(db, &n.read_write),
+            "spec": {"type": "ClusterIP", "selector": primary, "ports": port}
+        })),
+        from_json(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(db, &n.headless),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": true, "selector": selector_labels(db), "ports": port}
+        })),
+    ]
+}
+
+/// The StatefulSet running PostgreSQL. An init container running as root makes the volume and
+/// the TLS key PostgreSQL's (hostPath volumes ignore fsGroup); PostgreSQL itself runs as its own
+/// uid with a read-only root filesystem.
+pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str) -> StatefulSet {
+    let n = names(&db.name_any());
+    let prepare = format!(
+        "set -eu\n\
+         chown {POSTGRES_UID}:{POSTGRES_GID} {DATA_DIR} && chmod 0700 {DATA_DIR}\n\
+         install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0600 /secrets/tls/tls.key {TLS_DIR}/tls.key\n\
+         install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0644 /secrets/tls/tls.crt {TLS_DIR}/tls.crt\n"
+    );
+    let start = format!(
+        "set -eu\n\
+         export PGDATA={PGDATA}\n\
+         if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
+           initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
+             --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+         fi\n\
+         exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf\n"
+    );
+    let probe = |period: i32, failures: i32| {
+        json!({
+            "exec": {"command": ["pg_isready", "-q", "-h", SOCKET_DIR, "-p", PORT.to_string()]},
+            "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 5
+        })
+    };
+    let mut pod_labels = labels(db);
+    pod_labels.remove("app.kubernetes.io/managed-by");
+    let resources = db
+        .spec
+        .resources
+        .clone()
+        .map(|r| serde_json::to_value(r).unwrap_or_default());
+    let storage = json!({"requests": {"storage": db.spec.storage.size}});
+    let mut claim_spec = json!({"accessModes": ["ReadWriteOnce"], "resources": storage});
+    if let Some(class) = &db.spec.storage.storage_class_name {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    from_json(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": metadata(db, &n.statefulset),
+        "spec": {
+            // Replicas beyond the primary arrive with streaming replication; until then one pod
+            // runs and status reports the rest as not ready.
+            "replicas": 1,
+            "serviceName": n.headless,
+            "podManagementPolicy": "OrderedReady",
+            "selector": {"matchLabels": selector_labels(db)},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {"sectordb.io/config-hash": config_hash}},
+                "spec": {
+                    "enableServiceLinks": false,
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "initContainers": [{
+                        "name": "prepare",
+                        "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
+                        "command": ["sh", "-c", prepare],
+                        "securityContext": {
+                            "runAsUser": 0, "runAsNonRoot": false, "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]}
+                        },
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": DATA_DIR},
+                            {"name": "tls", "mountPath": TLS_DIR},
+                            {"name": "server-tls", "mountPath": "/secrets/tls", "readOnly": true}
+                        ]
+                    }],
+                    "containers": [{
+                        "name": "postgres",
+                        "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
+                        "command": ["sh", "-c", start],
+                        "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
+                        "securityContext": {
+                            "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
+                            "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]}
+                        },
+                        "startupProbe": probe(1, 300),
+                        "readinessProbe": probe(2, 3),
+                        "livenessProbe": probe(10, 6),
+                        "resources": resources,
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": DATA_DIR},
+                            {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
+                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
+                            {"name": "superuser", "mountPath": "/secrets/superuser", "readOnly": true},
+                            {"name": "run", "mountPath": SOCKET_DIR},
+                            {"name": "tmp", "mountPath": "/tmp"}
+                        ]
+                    }],
+                    "volumes": [
+                        {"name": "tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                        {"name": "server-tls", "secret": {"secretName": n.server_tls, "defaultMode": 0o400}},
+                        {"name": "config", "configMap": {"name": n.config}},
+                        {"name": "superuser", "secret": {"secretName": n.superuser, "defaultMode": 0o444,
+                            "items": [{"key": "password", "path": "password"}]}},
+                        {"name": "run", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}}
+                    ]
+                }
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data", "labels": selector_labels(db)},
+                "spec": claim_spec
+            }]
+        }
+    }))
+}
+
+/// Default deny, then: the agency's own namespace, and the operator.
+pub fn network_policy(db: &SectorDatabase, settings: &Settings) -> NetworkPolicy {
+    let namespace_named = |name: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}});
+    from_json(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(db, &db.name_any()),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(db)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {}}, namespace_named(settings.operator_namespace)],
+                "ports": [{"protocol": "TCP", "port": PORT}]
+            }]
+        }
+    }))
+}
+
+/// How a client reaches the database.
+pub struct Endpoint<'a> {
+    pub host: &'a str,
+    pub host_addr: &'a str,
+    pub database: &'a str,
+}
+
+/// A credentials Secret with the keys design.md lists: host, hostaddr, port, dbname, user,
+/// password, ca.crt and a libpq URI that verifies the server (sslmode=verify-full).
+pub fn credentials_secret(
+    db: &SectorDatabase,
+    name: &str,
+    endpoint: &Endpoint,
+    user: &str,
+    password: &str,
+    ca_pem: &str,
+) -> Secret {
+    let uri = format!(
+        "postgresql://{user}:{password}@{host}:{PORT}/{dbname}?sslmode=verify-full&hostaddr={addr}&sslrootcert=ca.crt",
+        host = endpoint.host,
+        dbname = endpoint.database,
+        addr = endpoint.host_addr,
+    );
+    let data: BTreeMap<String, ByteString> = [
+        ("host", endpoint.host.to_string()),
+        ("hostaddr", endpoint.host_addr.to_string()),
+        ("port", PORT.to_string()),
+        ("dbname", endpoint.database.to_string()),
+        ("user", user.to_string()),
+        ("password", password.to_string()),
+        ("ca.crt", ca_pem.to_string()),
+        ("uri", uri),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let mut secret: Secret = from_json(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(db, name), "type": "Opaque"}),
+    );
+    secret.data = Some(data);
+    secret
+}
+
+/// A Secret with the server's certificate and key, or the CA certificate alone.
+pub fn tls_secret(db: &SectorDatabase, name: &str, files: &[(&str, &str)]) -> Secret {
+    let mut secret: Secret = from_json(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(db, name), "type": "Opaque"}),
+    );
+    secret.data = Some(
+        files
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    secret
+}
+
+/// The Service DNS names a server certificate must carry.
+pub fn service_dns_names(db: &SectorDatabase) -> Vec<String> {
+    let namespace = db.namespace().unwrap_or_default();
+    let service = names(&db.name_any()).read_write;
+    vec![
+        service.clone(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> SectorDatabase {
+        serde_json::from_value(json!({
+            "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
+            "metadata": {"name": "health-records", "namespace": "so-y-te", "uid": "u-1"},
+            "spec": {"agency": {"code": "000.00.12.H53", "name": "Health"}, "sector": "Health",
+                     "classification": "Shared", "securityLevel": 3, "storage": {"size": "2Gi"},
+                     "database": {"name": "health", "owner": "app"}}
+        }))
+        .unwrap()
+    }
+
+    fn settings() -> Settings<'static> {
+        Settings {
+            image: "local/sectordb-postgres:15",
+            image_pull_policy: "Never",
+            operator_namespace: "sectordb-system",
+        }
+    }
+
+    #[test]
+    fn every_child_is_owned_and_labelled() {
+        let db = db();
+        let sts = stateful_set(&db, &settings(), "abc");
+        let cm = config_map(&db);
+        let svcs = services(&db);
+        let metas = [
+            &sts.metadata,
+            &cm.metadata,
+            &svcs[0].metadata,
+            &svcs[1].metadata,
+            &network_policy(&db, &settings()).metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("SectorDatabase", "u-1", Some(true))
+            );
+            assert_eq!(
+                meta.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+                "health-records"
+            );
+            assert_eq!(meta.namespace.as_deref(), Some("so-y-te"));
+        }
+    }
+
+    #[test]
+    fn postgres_runs_as_its_own_user_on_a_read_only_root() {
+        let sts = stateful_set(&db(), &settings(), "abc");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let main = &pod.containers[0];
+        let sc = main.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                sc.run_as_user,
+                sc.run_as_non_root,
+                sc.read_only_root_filesystem
+            ),
+            (Some(100), Some(true), Some(true))
+        );
+        assert!(main.readiness_probe.is_some() && main.liveness_probe.is_some());
+    }
+
+    #[test]
+    fn storage_comes_from_the_spec_and_the_config_hash_reaches_the_pods() {
+        let sts = stateful_set(&db(), &settings(), "f00d").spec.unwrap();
+        let claim = &sts.volume_claim_templates.unwrap()[0];
+        let requests = claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap();
+        assert_eq!(requests["storage"].0, "2Gi");
+        assert_eq!(
+            sts.template.metadata.unwrap().annotations.unwrap()["sectordb.io/config-hash"],
+            "f00d"
+        );
+    }
+
+    #[test]
+    fn the_read_write_service_selects_only_the_primary() {
+        let svc = &services(&db())[0];
+        assert_eq!(svc.metadata.name.as_deref(), Some("health-records-rw"));
+        assert_eq!(
+            svc.spec.as_ref().unwrap().selector.as_ref().unwrap()["statefulset.kubernetes.io/pod-name"],
+            "health-records-0"
+        );
+    }
+
+    #[test]
+    fn credentials_carry_every_key_and_a_verifying_uri() {
+        let endpoint = Endpoint {
+            host: "health-records-rw.so-y-te.svc",
+            host_addr: "10.96.0.9",
+            database: "health",
+        };
+        let secret = credentials_secret(&db(), "health-records-app", &endpoint, "app", "pw", "CA");
+        let data = secret.data.unwrap();
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "ca.crt", "dbname", "host", "hostaddr", "password", "port", "uri", "user"
+            ]
+        );
+        let uri = String::from_utf8(data["uri"].0.clone()).unwrap();
+        assert!(
+            uri.contains("sslmode=verify-full") && uri.contains("hostaddr=10.96.0.9"),
+            "{uri}"
+        );
+    }
+
+    #[test]
+    fn config_hash_changes_with_the_config() {
+        let a = config_map(&db());
+        let mut other = db();
+        other
+            .spec
+            .postgres
+            .parameters
+            .insert("max_connections".into(), "300".into());
+        assert_ne!(config_hash(&a), config_hash(&config_map(&other)));
+        assert_eq!(config_hash(&a), config_hash(&config_map(&db())));
+    }
+}

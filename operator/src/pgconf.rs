@@ -1,0 +1,145 @@
+//! postgresql.conf and pg_hba.conf, built from a SectorDatabase spec and its security level.
+
+use crate::api::database::{SectorDatabaseSpec, TlsMode};
+
+/// Where the files land inside the PostgreSQL container.
+pub const CONFIG_DIR: &str = "/etc/sectordb";
+pub const TLS_DIR: &str = "/var/lib/sectordb/tls";
+pub const SOCKET_DIR: &str = "/var/run/postgresql";
+pub const PORT: i32 = 5432;
+
+/// Parameters PostgreSQL reads only at start: changing one needs a restart, which the
+/// StatefulSet does when the config hash in its pod template changes.
+pub const RESTART_PARAMETERS: &[&str] = &[
+    "max_connections",
+    "max_worker_processes",
+    "shared_buffers",
+    "temp_buffers",
+    "wal_buffers",
+    "autovacuum_max_workers",
+];
+
+/// The pgaudit classes logged at level 3 and above (design.md section 5).
+pub const PGAUDIT_CLASSES: &str = "ddl, role, write";
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// postgresql.conf: what the security profile requires, then the agency's restart-only
+/// parameters. Reloadable parameters are applied with ALTER SYSTEM instead, without a restart.
+pub fn postgresql_conf(spec: &SectorDatabaseSpec) -> String {
+    let mut lines = vec![
+        "# Written by sectordb-operator from the SectorDatabase spec; edits are overwritten."
+            .to_string(),
+        "listen_addresses = '*'".into(),
+        format!("port = {PORT}"),
+        format!("unix_socket_directories = {}", quote(SOCKET_DIR)),
+        format!("hba_file = {}", quote(&format!("{CONFIG_DIR}/pg_hba.conf"))),
+        "ssl = on".into(),
+        format!("ssl_cert_file = {}", quote(&format!("{TLS_DIR}/tls.crt"))),
+        format!("ssl_key_file = {}", quote(&format!("{TLS_DIR}/tls.key"))),
+        "ssl_min_protocol_version = 'TLSv1.2'".into(),
+        "password_encryption = 'scram-sha-256'".into(),
+        "wal_level = 'logical'".into(),
+        "max_wal_senders = 10".into(),
+        "max_replication_slots = 10".into(),
+        "shared_preload_libraries = 'pgaudit'".into(),
+        "log_destination = 'stderr'".into(),
+        "logging_collector = off".into(),
+        "log_line_prefix = '%m [%p] %q%u@%d '".into(),
+        "log_connections = on".into(),
+        "log_disconnections = on".into(),
+    ];
+    if spec.security_level >= 3 {
+        lines.push(format!("pgaudit.log = {}", quote(PGAUDIT_CLASSES)));
+        lines.push("pgaudit.log_catalog = off".into());
+        lines.push("pgaudit.log_parameter = off".into());
+    }
+    for (name, value) in &spec.postgres.parameters {
+        if RESTART_PARAMETERS.contains(&name.as_str()) {
+            lines.push(format!("{name} = {}", quote(value)));
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+/// The agency's parameters that PostgreSQL can reload without a restart.
+pub fn reloadable_parameters(spec: &SectorDatabaseSpec) -> Vec<(&str, &str)> {
+    spec.postgres
+        .parameters
+        .iter()
+        .filter(|(name, _)| !RESTART_PARAMETERS.contains(&name.as_str()))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
+/// pg_hba.conf: the superuser only over the local socket (peer) or TLS; at level 2 and above a
+/// plain TCP connection is rejected outright.
+pub fn pg_hba_conf(spec: &SectorDatabaseSpec) -> String {
+    let mut lines = vec![
+        "# Written by sectordb-operator; edits are overwritten.".to_string(),
+        "local   all          postgres                 peer".into(),
+        "local   all          all                      scram-sha-256".into(),
+        "hostssl replication  postgres  0.0.0.0/0      scram-sha-256".into(),
+        "hostssl all          all       0.0.0.0/0      scram-sha-256".into(),
+        "hostssl all          all       ::/0           scram-sha-256".into(),
+    ];
+    if spec.tls.mode == TlsMode::Optional && spec.security_level < 2 {
+        lines.push("hostnossl all        all       0.0.0.0/0      scram-sha-256".into());
+        lines.push("hostnossl all        all       ::/0           scram-sha-256".into());
+    } else {
+        lines.push("hostnossl all        all       0.0.0.0/0      reject".into());
+        lines.push("hostnossl all        all       ::/0           reject".into());
+    }
+    lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(level: i32, tls: &str, parameters: serde_json::Value) -> SectorDatabaseSpec {
+        serde_json::from_value(serde_json::json!({
+            "agency": {"code": "H53", "name": "x"}, "sector": "Health", "classification": "Open",
+            "securityLevel": level, "tls": {"mode": tls}, "storage": {"size": "1Gi"},
+            "database": {"name": "d", "owner": "o"}, "postgres": {"parameters": parameters}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plain_connections_are_rejected_from_level_two() {
+        let hba = pg_hba_conf(&spec(2, "Required", serde_json::json!({})));
+        assert!(hba.contains("hostnossl all        all       0.0.0.0/0      reject"));
+        assert!(
+            !hba.contains("scram-sha-256\nhostnossl all        all       0.0.0.0/0      scram")
+        );
+        let open = pg_hba_conf(&spec(1, "Optional", serde_json::json!({})));
+        assert!(open.contains("hostnossl all        all       0.0.0.0/0      scram-sha-256"));
+    }
+
+    #[test]
+    fn pgaudit_logs_from_level_three() {
+        assert!(
+            !postgresql_conf(&spec(2, "Required", serde_json::json!({}))).contains("pgaudit.log =")
+        );
+        assert!(
+            postgresql_conf(&spec(3, "Required", serde_json::json!({})))
+                .contains("pgaudit.log = 'ddl, role, write'")
+        );
+    }
+
+    #[test]
+    fn restart_parameters_go_to_the_file_and_the_rest_are_reloaded() {
+        let s = spec(
+            3,
+            "Required",
+            serde_json::json!({"max_connections": "200", "work_mem": "8MB"}),
+        );
+        let conf = postgresql_conf(&s);
+        assert!(conf.contains("max_connections = '200'"));
+        assert!(!conf.contains("work_mem"));
+        assert_eq!(reloadable_parameters(&s), vec![("work_mem", "8MB")]);
+    }
+}
