@@ -12,6 +12,7 @@ pub mod pgconf;
 pub mod pki;
 pub mod profile;
 pub mod quantity;
+pub mod sql;
 pub mod startup;
 pub mod telemetry;
 pub mod validate;

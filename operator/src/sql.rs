@@ -1,0 +1,192 @@
+//! Everything the operator does inside PostgreSQL, over TLS that verifies the server against the
+//! operator's CA. Each step is idempotent: running it twice changes nothing.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres::config::SslMode;
+
+use crate::api::database::SectorDatabaseSpec;
+use crate::pgconf;
+use crate::profile::Observed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("connecting to PostgreSQL timed out")]
+    Timeout,
+}
+
+/// Where and as whom to connect.
+pub struct Target<'a> {
+    /// The name the server certificate carries (the Service DNS name).
+    pub host: &'a str,
+    /// The address actually dialled (the Service ClusterIP), so no DNS is needed.
+    pub addr: IpAddr,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub ca_pem: &'a str,
+}
+
+/// Opens a TLS connection to `dbname`; the connection task runs until the client is dropped.
+pub async fn connect(target: &Target<'_>, dbname: &str) -> Result<tokio_postgres::Client, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(target.ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| Error::Tls(e.to_string()))?)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(target.host)
+        .hostaddr(target.addr)
+        .port(target.port)
+        .user(target.user)
+        .password(target.password)
+        .dbname(dbname)
+        .application_name("sectordb-operator")
+        .ssl_mode(SslMode::Require)
+        .connect_timeout(Duration::from_secs(5));
+    let connecting = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls));
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| Error::Timeout)??;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The owner role and the application database of `spec.database`. The password is sent as a
+/// SCRAM verifier, never in clear, so no statement log or audit record can reveal it; it is set
+/// when the role is created and left alone afterwards.
+pub async fn ensure_database(
+    client: &tokio_postgres::Client,
+    spec: &SectorDatabaseSpec,
+    owner_password: &str,
+) -> Result<(), Error> {
+    let owner = &spec.database.owner;
+    let name = &spec.database.name;
+    if client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[owner])
+        .await?
+        .is_none()
+    {
+        let verifier = postgres_protocol::password::scram_sha_256(owner_password.as_bytes());
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {} LOGIN PASSWORD {}",
+                ident(owner),
+                literal(&verifier)
+            ))
+            .await?;
+    }
+    if client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
+        .await?
+        .is_none()
+    {
+        client
+            .batch_execute(&format!(
+                "CREATE DATABASE {} OWNER {}",
+                ident(name),
+                ident(owner)
+            ))
+            .await?;
+        // Least privilege: nobody but the owner connects unless a grant says so.
+        client
+            .batch_execute(&format!(
+                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                ident(name)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies the agency's reloadable parameters with ALTER SYSTEM and resets the allowed ones it
+/// no longer sets; reloads only when something changed.
+pub async fn apply_parameters(
+    client: &tokio_postgres::Client,
+    spec: &SectorDatabaseSpec,
+) -> Result<bool, Error> {
+    let wanted = pgconf::reloadable_parameters(spec);
+    let rows = client
+        .query("SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf'", &[])
+        .await?;
+    let current: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut changed = false;
+    for (name, value) in &wanted {
+        if !current.iter().any(|(n, v)| n == name && v == value) {
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET {name} = {}", literal(value)))
+                .await?;
+            changed = true;
+        }
+    }
+    for (name, _) in &current {
+        if !wanted.iter().any(|(n, _)| n == name)
+            && crate::validate::ALLOWED_PARAMETERS.contains(&name.as_str())
+        {
+            client
+                .batch_execute(&format!("ALTER SYSTEM RESET {name}"))
+                .await?;
+            changed = true;
+        }
+    }
+    if changed {
+        client.batch_execute("SELECT pg_reload_conf()").await?;
+    }
+    Ok(changed)
+}
+
+/// What the running server enforces, read from the server itself.
+pub async fn observe(client: &tokio_postgres::Client, level: i32) -> Result<Observed, Error> {
+    let plain_accepted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_hba_file_rules WHERE type IN ('host', 'hostnossl') AND auth_method <> 'reject'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let this_is_tls: bool = client
+        .query_opt(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .is_some_and(|r| r.get(0));
+    let preload: String = client
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await?
+        .get(0);
+    let audit: Option<String> = client
+        .query_one("SELECT current_setting('pgaudit.log', true)", &[])
+        .await?
+        .get(0);
+    let audit_classes_set = level < 3 || audit.as_deref() == Some(pgconf::PGAUDIT_CLASSES);
+    Ok(Observed {
+        tls_enforced: plain_accepted == 0 && this_is_tls,
+        pgaudit_loaded: preload.split(',').any(|l| l.trim() == "pgaudit") && audit_classes_set,
+        ..Observed::default()
+    })
+}

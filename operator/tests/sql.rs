@@ -1,0 +1,200 @@
+//! The operator's SQL against a real PostgreSQL 15 with pgaudit, configured by the operator's own
+//! postgresql.conf and pg_hba.conf.
+
+mod support;
+
+use sectordb::sql;
+use support::{Postgres, install_crypto, spec};
+use tokio_postgres::NoTls;
+
+const APP_PASSWORD: &str = "app-password-for-tests";
+
+async fn count(client: &tokio_postgres::Client, query: &str) -> i64 {
+    client.query_one(query, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn ensure_database_creates_owner_and_database_once() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    let su = pg.superuser().await;
+    let spec = spec(3, "Required");
+    sql::ensure_database(&su, &spec, APP_PASSWORD)
+        .await
+        .unwrap();
+    let verifier: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    sql::ensure_database(&su, &spec, APP_PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM pg_roles WHERE rolname = 'app'").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM pg_database WHERE datname = 'health'"
+        )
+        .await,
+        1
+    );
+    let again: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(verifier, again, "a second run must not touch the role");
+    assert!(verifier.starts_with("SCRAM-SHA-256$"));
+    // Nobody but the owner may connect: PUBLIC lost CONNECT.
+    let public_connect: bool = su
+        .query_one(
+            "SELECT has_database_privilege('public', 'health', 'CONNECT')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!public_connect);
+    // The password never appears in the server log, audit records included.
+    assert!(!pg.log().contains(APP_PASSWORD));
+}
+
+#[tokio::test]
+async fn the_owner_connects_over_tls_and_plain_connections_are_refused_at_level_three() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), APP_PASSWORD)
+        .await
+        .unwrap();
+    let app = sql::connect(&pg.target("app", APP_PASSWORD), "health")
+        .await
+        .expect("owner over TLS");
+    let tls: bool = app
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls);
+
+    let plain = format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=health sslmode=disable",
+        pg.port
+    );
+    let refused = tokio_postgres::connect(&plain, NoTls)
+        .await
+        .err()
+        .expect("a plain connection must be refused");
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("pg_hba.conf rejects connection"),
+        "{refused:?}"
+    );
+
+    let wrong_ca = sectordb::pki::new_ca().unwrap();
+    let target = sql::Target {
+        ca_pem: &wrong_ca.cert_pem,
+        ..pg.target("app", APP_PASSWORD)
+    };
+    assert!(
+        sql::connect(&target, "health").await.is_err(),
+        "a server signed by another CA must not be trusted"
+    );
+}
+
+#[tokio::test]
+async fn observe_reads_tls_and_pgaudit_from_the_server() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    let seen = sql::observe(&pg.superuser().await, 3).await.unwrap();
+    assert!(seen.tls_enforced && seen.pgaudit_loaded, "{seen:?}");
+
+    let open = Postgres::start(&spec(1, "Optional"));
+    let seen = sql::observe(&open.superuser().await, 1).await.unwrap();
+    assert!(
+        !seen.tls_enforced,
+        "level 1 with Optional TLS accepts plain connections"
+    );
+    let plain = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname=postgres sslmode=disable",
+        open.port,
+        support::SUPERUSER_PASSWORD
+    );
+    assert!(tokio_postgres::connect(&plain, NoTls).await.is_ok());
+}
+
+#[tokio::test]
+async fn pgaudit_records_ddl_and_writes_at_level_three() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), APP_PASSWORD)
+        .await
+        .unwrap();
+    let app = sql::connect(&pg.target("app", APP_PASSWORD), "health")
+        .await
+        .unwrap();
+    for statement in [
+        "CREATE TABLE audited_t (id int)",
+        "INSERT INTO audited_t VALUES (1)",
+        "SELECT * FROM audited_t",
+    ] {
+        app.batch_execute(statement).await.unwrap();
+    }
+    let log = pg.log();
+    assert!(
+        log.contains("AUDIT: SESSION") && log.contains("CREATE TABLE audited_t"),
+        "no DDL audit record"
+    );
+    assert!(
+        log.contains("INSERT INTO audited_t"),
+        "no write audit record"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("AUDIT") && l.contains("SELECT * FROM audited_t")),
+        "reads are not in the classes"
+    );
+}
+
+#[tokio::test]
+async fn parameters_are_applied_without_restart_and_reset_when_removed() {
+    install_crypto();
+    let pg = Postgres::start(&spec(2, "Required"));
+    let su = pg.superuser().await;
+    let mut with_param = spec(2, "Required");
+    with_param
+        .postgres
+        .parameters
+        .insert("work_mem".into(), "8MB".into());
+    assert!(sql::apply_parameters(&su, &with_param).await.unwrap());
+    assert!(
+        !sql::apply_parameters(&su, &with_param).await.unwrap(),
+        "second run changes nothing"
+    );
+    let fresh = pg.superuser().await;
+    let work_mem: String = fresh.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "8MB");
+    assert!(
+        sql::apply_parameters(&su, &spec(2, "Required"))
+            .await
+            .unwrap()
+    );
+    let reset = pg.superuser().await;
+    let work_mem: String = reset.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "4MB");
+}
