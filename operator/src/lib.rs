@@ -1,6 +1,7 @@
 //! sectordb: a Kubernetes operator for a province's government PostgreSQL databases.
 
 pub mod api;
+pub mod apply;
 pub mod conditions;
 pub mod controllers;
 pub mod crdgen;

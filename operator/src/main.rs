@@ -55,6 +55,20 @@ struct RunArgs {
     /// A YAML security profile replacing the built-in one.
     #[arg(long, env = "SECURITY_PROFILE")]
     security_profile: Option<PathBuf>,
+    /// The PostgreSQL image every database runs.
+    #[arg(
+        long,
+        env = "POSTGRES_IMAGE",
+        default_value = "local/sectordb-postgres:15"
+    )]
+    postgres_image: String,
+    /// Pull policy of the PostgreSQL image (Never for images imported without a registry).
+    #[arg(
+        long,
+        env = "POSTGRES_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    postgres_image_pull_policy: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -172,6 +186,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         profile,
+        namespace: args.namespace.clone(),
+        postgres_image: args.postgres_image.clone(),
+        postgres_image_pull_policy: args.postgres_image_pull_policy.clone(),
+        ca: tokio::sync::OnceCell::new(),
     });
     tokio::join!(
         controllers::database::run(ctx.clone(), stopped()),

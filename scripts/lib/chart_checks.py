@@ -180,6 +180,12 @@ def check_operator_rbac(docs, namespace, dep):
             ("", "events"): {"create", "patch"},
             ("events.k8s.io", "events"): {"create", "patch"},
             ("", "namespaces"): READ,
+            ("", "configmaps"): READ | {"create", "patch"},
+            ("", "services"): READ | {"create", "patch"},
+            ("", "secrets"): READ | {"create", "patch"},
+            ("apps", "statefulsets"): READ | {"create", "patch"},
+            ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch"},
+            ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
         }
         for r in SECTORDB_RESOURCES:
             expected[("sectordb.io", r)] = READ | {"patch"}

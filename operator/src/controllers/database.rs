@@ -1,34 +1,71 @@
-//! The SectorDatabase controller. In this version it validates the spec, pins the immutable
-//! fields and reports compliance; no PostgreSQL is provisioned yet, so a database is never Ready.
+//! The SectorDatabase controller: validate, then build and apply the data plane (ConfigMap,
+//! Services, Secrets, NetworkPolicy, StatefulSet), then make the database inside PostgreSQL and
+//! read back what the server enforces. `Ready=True` only after the operator itself connected over
+//! TLS in this reconcile.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Result, announce, now, report_undecodable, write_status};
+use super::ca::operator_ca;
+use super::{
+    Context, Error, Result, announce, event, field_manager, now, report_undecodable, write_status,
+};
 use crate::api::SectorDatabase;
-use crate::api::database::{DatabasePhase, InstanceCounts, PinnedSpec, SectorDatabaseStatus};
+use crate::api::database::{
+    DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
+    SectorDatabaseStatus,
+};
+use crate::apply::apply;
 use crate::conditions::{Want, settle};
+use crate::dataplane::{self, Names, Settings};
+use crate::pgconf::PORT;
+use crate::pki;
 use crate::profile::{Observed, SecurityProfile};
-use crate::validate;
+use crate::{quantity, sql, validate};
 
 pub const CONTROLLER: &str = "database";
+const FINALIZER: &str = "sectordb.io/database";
+const SANS_ANNOTATION: &str = "sectordb.io/certificate-names";
 
-/// The status a database should have, from its spec and what was observed. Pure.
+/// What the controller found out while provisioning; the status is built from it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provisioned {
+    pub endpoint: Option<Endpoint>,
+    pub ready_instances: i32,
+    /// The outcome of connecting to PostgreSQL: `Ok` with what the server enforces, `Err` with
+    /// why it could not be reached, `None` when no instance was ready to try.
+    pub sql: Option<Result<Observed, String>>,
+    /// Problems that do not stop the database, e.g. storage that could not be expanded.
+    pub warnings: Vec<String>,
+}
+
+/// The status a database should have. Pure: `provisioned` is `None` when the spec is invalid
+/// and nothing was applied.
 pub fn desired_status(
     db: &SectorDatabase,
     profile: &SecurityProfile,
-    observed: &Observed,
+    provisioned: Option<&Provisioned>,
     now: &Time,
 ) -> SectorDatabaseStatus {
     let previous = db.status.clone().unwrap_or_default();
     let generation = db.metadata.generation;
-    let compliance = profile.evaluate(&db.spec, observed);
+    let observed = provisioned
+        .and_then(|p| p.sql.clone()?.ok())
+        .unwrap_or_default();
+    let compliance = profile.evaluate(&db.spec, &observed);
     let unmet: Vec<&str> = compliance
         .findings
         .iter()
@@ -50,30 +87,122 @@ pub fn desired_status(
             format!("unmet rules: {}", unmet.join(", ")),
         )
     };
-    let (phase, pinned, wanted) = match validate::database(&db.spec, previous.pinned.as_ref()) {
-        Err(violations) => {
+    let was_ready = matches!(
+        previous.phase,
+        Some(DatabasePhase::Ready | DatabasePhase::Degraded)
+    );
+    let n = dataplane::names(&db.name_any());
+    let (phase, wanted, pinned) = match (
+        validate::database(&db.spec, previous.pinned.as_ref()),
+        provisioned,
+    ) {
+        (Err(violations), _) => {
             let message = validate::describe(&violations);
+            let phase = if was_ready {
+                DatabasePhase::Degraded
+            } else {
+                DatabasePhase::Failed
+            };
             (
-                DatabasePhase::Failed,
-                previous.pinned.clone(),
+                phase,
                 vec![
                     Want::new("Ready", false, "InvalidSpec", message.clone()),
-                    Want::new("Progressing", false, "InvalidSpec", message),
+                    Want::new("Progressing", false, "InvalidSpec", message.clone()),
+                    Want::new(
+                        "Degraded",
+                        false,
+                        "InvalidSpec",
+                        "the last valid spec stays applied",
+                    ),
                     compliant,
                 ],
+                previous.pinned.clone(),
             )
         }
-        Ok(()) => {
-            let message = "no PostgreSQL instance runs for this database: this operator version validates \
-                           SectorDatabases but does not provision them yet";
+        (Ok(()), None) => (
+            DatabasePhase::Pending,
+            vec![
+                Want::new("Ready", false, "Pending", "waiting for the first reconcile"),
+                compliant,
+            ],
+            previous.pinned.clone(),
+        ),
+        (Ok(()), Some(p)) => {
+            let (phase, ready, progressing, degraded) = match &p.sql {
+                Some(Ok(_)) if p.ready_instances >= db.spec.instances => (
+                    DatabasePhase::Ready,
+                    Want::new("Ready", true, "Ready", "PostgreSQL accepts TLS connections"),
+                    Want::new("Progressing", false, "Ready", "provisioned"),
+                    Want::new("Degraded", false, "Ready", "all instances ready"),
+                ),
+                Some(Ok(_)) => (
+                    DatabasePhase::Degraded,
+                    Want::new(
+                        "Ready",
+                        true,
+                        "PrimaryReady",
+                        "the primary accepts TLS connections",
+                    ),
+                    Want::new("Progressing", false, "PrimaryReady", "provisioned"),
+                    Want::new(
+                        "Degraded",
+                        true,
+                        "ReplicasNotRunning",
+                        format!(
+                            "{} of {} instances ready: streaming replicas are not implemented yet, only the primary runs",
+                            p.ready_instances, db.spec.instances
+                        ),
+                    ),
+                ),
+                Some(Err(error)) => (
+                    if was_ready {
+                        DatabasePhase::Degraded
+                    } else {
+                        DatabasePhase::Provisioning
+                    },
+                    Want::new("Ready", false, "DatabaseUnreachable", error.clone()),
+                    Want::new(
+                        "Progressing",
+                        !was_ready,
+                        "DatabaseUnreachable",
+                        error.clone(),
+                    ),
+                    Want::new("Degraded", was_ready, "DatabaseUnreachable", error.clone()),
+                ),
+                None => {
+                    let message = format!(
+                        "waiting for PostgreSQL: {} of {} instances ready",
+                        p.ready_instances, db.spec.instances
+                    );
+                    (
+                        if was_ready {
+                            DatabasePhase::Degraded
+                        } else {
+                            DatabasePhase::Provisioning
+                        },
+                        Want::new(
+                            "Ready",
+                            false,
+                            if was_ready {
+                                "InstancesNotReady"
+                            } else {
+                                "Provisioning"
+                            },
+                            message.clone(),
+                        ),
+                        Want::new("Progressing", true, "Provisioning", message.clone()),
+                        Want::new("Degraded", was_ready, "InstancesNotReady", message),
+                    )
+                }
+            };
+            let mut degraded = degraded;
+            if !p.warnings.is_empty() {
+                degraded.message = format!("{}; {}", degraded.message, p.warnings.join("; "));
+            }
             (
-                DatabasePhase::Pending,
+                phase,
+                vec![ready, progressing, degraded, compliant],
                 Some(pin(db, previous.pinned.as_ref())),
-                vec![
-                    Want::new("Ready", false, "NotProvisioned", message),
-                    Want::new("Progressing", false, "NotProvisioned", message),
-                    compliant,
-                ],
             )
         }
     };
@@ -81,9 +210,23 @@ pub fn desired_status(
         observed_generation: generation,
         phase: Some(phase),
         conditions: settle(wanted, &previous.conditions, generation, now),
+        endpoints: provisioned
+            .and_then(|p| p.endpoint.clone())
+            .map(|rw| Endpoints {
+                read_write: Some(rw),
+                read_only: None,
+            })
+            .or(previous.endpoints),
+        secrets: provisioned
+            .map(|_| SecretNames {
+                app: Some(n.app),
+                superuser: Some(n.superuser),
+                ca: Some(n.ca),
+            })
+            .or(previous.secrets),
         instances: Some(InstanceCounts {
             desired: db.spec.instances,
-            ready: 0,
+            ready: provisioned.map_or(0, |p| p.ready_instances),
         }),
         compliance: Some(compliance),
         pinned,
@@ -106,6 +249,286 @@ fn pin(db: &SectorDatabase, before: Option<&PinnedSpec>) -> PinnedSpec {
     }
 }
 
+fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
+    let bytes = secret?.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// Creates or keeps every child and connects to PostgreSQL. Side effects live here only.
+async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
+    let namespace = db.namespace().unwrap_or_default();
+    let client = ctx.client.clone();
+    let manager = field_manager(CONTROLLER);
+    let n: Names = dataplane::names(&db.name_any());
+    let settings = Settings {
+        image: &ctx.postgres_image,
+        image_pull_policy: &ctx.postgres_image_pull_policy,
+        operator_namespace: &ctx.namespace,
+    };
+
+    let config = dataplane::config_map(db);
+    let config_hash = dataplane::config_hash(&config);
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        &manager,
+        config,
+    )
+    .await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let mut cluster_ip = None;
+    for service in dataplane::services(db) {
+        let is_rw = service.metadata.name.as_deref() == Some(n.read_write.as_str());
+        let (live, _) = apply(&services, &manager, service).await?;
+        if is_rw {
+            cluster_ip = live
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .filter(|ip| ip != "None");
+        }
+    }
+    let cluster_ip = cluster_ip.unwrap_or_default();
+    let host = format!("{}.{namespace}.svc", n.read_write);
+
+    let ca = operator_ca(ctx).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let mut passwords = Vec::new();
+    for (name, user, dbname) in [
+        (&n.superuser, "postgres", "postgres"),
+        (
+            &n.app,
+            db.spec.database.owner.as_str(),
+            db.spec.database.name.as_str(),
+        ),
+    ] {
+        let existing = secrets.get_opt(name).await?;
+        let password =
+            secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
+        let endpoint = dataplane::Endpoint {
+            host: &host,
+            host_addr: &cluster_ip,
+            database: dbname,
+        };
+        apply(
+            &secrets,
+            &manager,
+            dataplane::credentials_secret(db, name, &endpoint, user, &password, &ca.cert_pem),
+        )
+        .await?;
+        passwords.push(password);
+    }
+    apply(
+        &secrets,
+        &manager,
+        dataplane::tls_secret(db, &n.ca, &[("ca.crt", &ca.cert_pem)]),
+    )
+    .await?;
+
+    // The server certificate names the Service and its ClusterIP; reissued only when those change.
+    let dns = dataplane::service_dns_names(db);
+    let ips: Vec<IpAddr> = cluster_ip.parse().into_iter().collect();
+    let sans = format!("{};{cluster_ip}", dns.join(","));
+    let current = secrets.get_opt(&n.server_tls).await?;
+    if current
+        .as_ref()
+        .and_then(|s| s.annotations().get(SANS_ANNOTATION))
+        != Some(&sans)
+    {
+        let cert = pki::issue_server(ca, &host, &dns, &ips)?;
+        let mut secret = dataplane::tls_secret(
+            db,
+            &n.server_tls,
+            &[
+                ("tls.crt", &cert.cert_pem),
+                ("tls.key", &cert.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+        );
+        secret
+            .annotations_mut()
+            .insert(SANS_ANNOTATION.into(), sans);
+        apply(&secrets, &manager, secret).await?;
+    }
+
+    apply(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
+        &manager,
+        dataplane::network_policy(db, &settings),
+    )
+    .await?;
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let mut desired = dataplane::stateful_set(db, &settings, &config_hash);
+    let existing = statefulsets.get_opt(&n.statefulset).await?;
+    // volumeClaimTemplates cannot change after creation: keep them, and grow the PVCs instead.
+    if let (Some(live), Some(spec)) = (
+        existing.as_ref().and_then(|s| s.spec.as_ref()),
+        desired.spec.as_mut(),
+    ) {
+        spec.volume_claim_templates = live.volume_claim_templates.clone();
+    }
+    let (live, _) = apply(&statefulsets, &manager, desired).await?;
+    let warnings = grow_volumes(db, ctx).await?;
+    let ready_instances = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+
+    let endpoint = Endpoint {
+        host: host.clone(),
+        cluster_ip: Some(cluster_ip.clone()),
+        port: PORT,
+    };
+    let sql = match (ready_instances, cluster_ip.parse::<IpAddr>()) {
+        (0, _) | (_, Err(_)) => None,
+        (_, Ok(addr)) => {
+            let target = sql::Target {
+                host: &host,
+                addr,
+                port: PORT as u16,
+                user: "postgres",
+                password: &passwords[0],
+                ca_pem: &ca.cert_pem,
+            };
+            Some(
+                configure_postgres(db, &target, &passwords[1])
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+    };
+    Ok(Provisioned {
+        endpoint: Some(endpoint),
+        ready_instances,
+        sql,
+        warnings,
+    })
+}
+
+async fn configure_postgres(
+    db: &SectorDatabase,
+    target: &sql::Target<'_>,
+    owner_password: &str,
+) -> Result<Observed, sql::Error> {
+    let client = sql::connect(target, "postgres").await?;
+    sql::ensure_database(&client, &db.spec, owner_password).await?;
+    sql::apply_parameters(&client, &db.spec).await?;
+    sql::observe(&client, db.spec.security_level).await
+}
+
+/// Asks for more space on each volume smaller than the spec; reports what the storage class
+/// refuses rather than failing the reconcile.
+async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<String>> {
+    let Some(wanted) = quantity::bytes(&db.spec.storage.size.0) else {
+        return Ok(vec![]);
+    };
+    let pvcs: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let selector = format!("app.kubernetes.io/instance={}", db.name_any());
+    let mut warnings = Vec::new();
+    for pvc in pvcs.list(&ListParams::default().labels(&selector)).await? {
+        let requested = pvc.spec.as_ref().and_then(|s| {
+            s.resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("storage")
+                .cloned()
+        });
+        if requested
+            .as_ref()
+            .and_then(|q| quantity::bytes(&q.0))
+            .is_some_and(|have| have >= wanted)
+        {
+            continue;
+        }
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": db.spec.storage.size}}}});
+        if let Err(error) = pvcs
+            .patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            warnings.push(format!(
+                "volume {} was not expanded to {}: {error}",
+                pvc.name_any(),
+                db.spec.storage.size.0
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
+    let api: Api<SectorDatabase> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let pinned = db.status.as_ref().and_then(|s| s.pinned.as_ref());
+    let provisioned = match validate::database(&db.spec, pinned) {
+        Ok(()) => Some(provision(&db, ctx).await?),
+        Err(_) => None,
+    };
+    for warning in provisioned.iter().flat_map(|p| &p.warnings) {
+        event(ctx, &*db, true, "StorageNotExpanded", warning.clone()).await?;
+    }
+    let status = desired_status(&db, &ctx.profile, provisioned.as_ref(), &now());
+    write_status(ctx, CONTROLLER, &api, &db, &status).await?;
+    let previous = db
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
+        announce(ctx, &*db, previous, ready).await?;
+    }
+    Ok(match status.phase {
+        Some(DatabasePhase::Failed) => Action::await_change(),
+        // Re-check a healthy database now and then: Ready must stay true only while it is.
+        Some(DatabasePhase::Ready) => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    })
+}
+
+/// Deletion: the StatefulSet and the rest go by owner reference; the volumes stay unless
+/// `deletionPolicy: Delete`.
+async fn cleanup(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
+    let pvcs: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let selector = format!("app.kubernetes.io/instance={}", db.name_any());
+    let names: Vec<String> = pvcs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    match db.spec.deletion_policy {
+        DeletionPolicy::Retain => {
+            event(
+                ctx,
+                &*db,
+                false,
+                "VolumesRetained",
+                format!("deletionPolicy Retain: kept volumes {}", names.join(", ")),
+            )
+            .await?;
+        }
+        DeletionPolicy::Delete => {
+            for name in &names {
+                pvcs.delete(name, &DeleteParams::default()).await?;
+            }
+            event(
+                ctx,
+                &*db,
+                false,
+                "VolumesDeleted",
+                format!(
+                    "deletionPolicy Delete: deleted volumes {}",
+                    names.join(", ")
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
 async fn reconcile(
     guard: Arc<DeserializeGuard<SectorDatabase>>,
     ctx: Arc<Context>,
@@ -114,27 +537,33 @@ async fn reconcile(
     let namespace = guard.namespace().unwrap_or_default();
     let api: Api<SectorDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
     let db = match &guard.0 {
-        Ok(db) => db,
+        Ok(db) => Arc::new(db.clone()),
         Err(invalid) => {
             return report_undecodable(&ctx, CONTROLLER, &api, invalid, Some("Failed")).await;
         }
     };
-    let status = desired_status(db, &ctx.profile, &Observed::default(), &now());
-    write_status(&ctx, CONTROLLER, &api, db, &status).await?;
-    let previous = db
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
-        announce(&ctx, db, previous, ready).await?;
-    }
-    Ok(Action::await_change())
+    finalizer(&api, FINALIZER, db, |step| async {
+        match step {
+            Finalizer::Apply(db) => apply_database(db, &ctx).await,
+            Finalizer::Cleanup(db) => cleanup(db, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
+    let statefulsets: Api<StatefulSet> = Api::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default())
+        .owns(
+            statefulsets,
+            watcher::Config::default().labels("app.kubernetes.io/name=sectordb-postgres"),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, super::error_policy(CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))
@@ -156,10 +585,10 @@ mod tests {
         serde_json::from_value(obj).unwrap()
     }
 
-    fn spec(name: &str, size: &str) -> serde_json::Value {
+    fn spec(name: &str, size: &str, instances: i32) -> serde_json::Value {
         serde_json::json!({
             "agency": {"code": "H53", "name": "x"}, "sector": "Health", "classification": "Open",
-            "securityLevel": 3, "storage": {"size": size}, "database": {"name": name, "owner": "app"}
+            "securityLevel": 3, "instances": instances, "storage": {"size": size}, "database": {"name": name, "owner": "app"}
         })
     }
 
@@ -172,38 +601,99 @@ mod tests {
         (c.status.as_str(), c.reason.as_str())
     }
 
+    fn provisioned(ready_instances: i32, sql: Option<Result<Observed, String>>) -> Provisioned {
+        Provisioned {
+            endpoint: None,
+            ready_instances,
+            sql,
+            warnings: vec![],
+        }
+    }
+
+    fn status_of(db: &SectorDatabase, p: Option<&Provisioned>) -> SectorDatabaseStatus {
+        desired_status(db, &SecurityProfile::default(), p, &now())
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            tls_enforced: true,
+            pgaudit_loaded: true,
+            ..Observed::default()
+        }
+    }
+
     #[test]
-    fn valid_database_without_postgres_is_pending_not_ready() {
-        let status = desired_status(
-            &db(spec("health", "1Gi"), None),
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &now(),
+    fn ready_only_after_the_operator_connected() {
+        let d = db(spec("health", "1Gi", 1), None);
+        let waiting = status_of(&d, Some(&provisioned(0, None)));
+        assert_eq!(
+            (waiting.phase, ready(&waiting)),
+            (Some(DatabasePhase::Provisioning), ("False", "Provisioning"))
         );
-        assert_eq!(status.phase, Some(DatabasePhase::Pending));
-        assert_eq!(ready(&status), ("False", "NotProvisioned"));
-        assert_eq!(status.observed_generation, Some(3));
-        assert_eq!(status.pinned.unwrap().database.name, "health");
+        let pod_ready_but_no_sql =
+            status_of(&d, Some(&provisioned(1, Some(Err("refused".into())))));
+        assert_eq!(
+            ready(&pod_ready_but_no_sql),
+            ("False", "DatabaseUnreachable")
+        );
+        let up = status_of(&d, Some(&provisioned(1, Some(Ok(observed())))));
+        assert_eq!(
+            (up.phase, ready(&up)),
+            (Some(DatabasePhase::Ready), ("True", "Ready"))
+        );
+        let tls = up
+            .compliance
+            .unwrap()
+            .findings
+            .into_iter()
+            .find(|f| f.rule == "tls-only")
+            .unwrap();
+        assert!(tls.satisfied);
+    }
+
+    #[test]
+    fn a_ready_database_that_loses_its_pod_is_degraded() {
+        let d = db(spec("health", "1Gi", 1), None);
+        let up = status_of(&d, Some(&provisioned(1, Some(Ok(observed())))));
+        let later = db(
+            spec("health", "1Gi", 1),
+            Some(serde_json::to_value(&up).unwrap()),
+        );
+        let down = status_of(&later, Some(&provisioned(0, None)));
+        assert_eq!(down.phase, Some(DatabasePhase::Degraded));
+        let degraded = down
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(degraded.status, "True");
+    }
+
+    #[test]
+    fn missing_replicas_are_reported_not_hidden() {
+        let d = db(spec("health", "1Gi", 2), None);
+        let s = status_of(&d, Some(&provisioned(1, Some(Ok(observed())))));
+        assert_eq!(s.phase, Some(DatabasePhase::Degraded));
+        assert_eq!(
+            s.instances,
+            Some(InstanceCounts {
+                desired: 2,
+                ready: 1
+            })
+        );
     }
 
     #[test]
     fn renamed_database_is_invalid_and_keeps_the_pin() {
-        let first = desired_status(
-            &db(spec("health", "1Gi"), None),
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &now(),
+        let first = status_of(
+            &db(spec("health", "1Gi", 1), None),
+            Some(&provisioned(0, None)),
         );
         let renamed = db(
-            spec("other", "1Gi"),
+            spec("other", "1Gi", 1),
             Some(serde_json::to_value(&first).unwrap()),
         );
-        let status = desired_status(
-            &renamed,
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &now(),
-        );
+        let status = status_of(&renamed, None);
         assert_eq!(status.phase, Some(DatabasePhase::Failed));
         assert_eq!(ready(&status), ("False", "InvalidSpec"));
         assert!(
@@ -217,43 +707,35 @@ mod tests {
     #[test]
     fn reconciling_twice_yields_the_same_status() {
         let t0 = now();
+        let p = provisioned(1, Some(Ok(observed())));
         let first = desired_status(
-            &db(spec("health", "1Gi"), None),
+            &db(spec("health", "1Gi", 1), None),
             &SecurityProfile::default(),
-            &Observed::default(),
+            Some(&p),
             &t0,
         );
         let again_at = Time(t0.0 + jiff::SignedDuration::from_secs(60));
-        let second = desired_status(
-            &db(
-                spec("health", "1Gi"),
-                Some(serde_json::to_value(&first).unwrap()),
-            ),
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &again_at,
+        let stored = db(
+            spec("health", "1Gi", 1),
+            Some(serde_json::to_value(&first).unwrap()),
         );
-        assert_eq!(first, second);
+        assert_eq!(
+            first,
+            desired_status(&stored, &SecurityProfile::default(), Some(&p), &again_at)
+        );
     }
 
     #[test]
     fn grown_storage_moves_the_pin_up() {
-        let first = desired_status(
-            &db(spec("health", "1Gi"), None),
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &now(),
+        let first = status_of(
+            &db(spec("health", "1Gi", 1), None),
+            Some(&provisioned(0, None)),
         );
         let grown = db(
-            spec("health", "2Gi"),
+            spec("health", "2Gi", 1),
             Some(serde_json::to_value(&first).unwrap()),
         );
-        let status = desired_status(
-            &grown,
-            &SecurityProfile::default(),
-            &Observed::default(),
-            &now(),
-        );
+        let status = status_of(&grown, Some(&provisioned(0, None)));
         assert_eq!(status.pinned.unwrap().storage_size.0, "2Gi");
     }
 }

@@ -1,6 +1,7 @@
 //! The three controllers and what they share: the context, the error type, status writes and
 //! Events.
 
+pub mod ca;
 pub mod connection;
 pub mod database;
 pub mod policy;
@@ -29,6 +30,12 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub profile: SecurityProfile,
+    /// The operator's own namespace: its CA Secret and Lease live there.
+    pub namespace: String,
+    pub postgres_image: String,
+    pub postgres_image_pull_policy: String,
+    /// The operator's CA, loaded or created on first use.
+    pub ca: tokio::sync::OnceCell<crate::pki::CertifiedKey>,
 }
 
 /// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
@@ -38,6 +45,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("publishing an Event failed: {0}")]
     Event(#[source] kube::Error),
+    #[error("{0}")]
+    Certificate(#[from] crate::pki::Error),
+    #[error("the operator's CA Secret is malformed: {0}")]
+    MalformedCa(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -46,6 +59,8 @@ impl Error {
         match self {
             Error::Kube(_) => "ApiError",
             Error::Event(_) => "EventError",
+            Error::Certificate(_) | Error::MalformedCa(_) => "CertificateError",
+            Error::Finalizer(_) => "FinalizerError",
         }
     }
 }
@@ -102,6 +117,31 @@ where
     Ok(())
 }
 
+/// Publishes an Event about `obj`.
+pub async fn event<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Result<()> {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.recorder
+        .publish(&event, &obj.object_ref(&()))
+        .await
+        .map_err(Error::Event)
+}
+
 /// Publishes an Event about `obj` when its Ready condition changes reason, so a steady state
 /// emits nothing.
 pub async fn announce<K: Resource<DynamicType = ()>>(
@@ -114,23 +154,12 @@ pub async fn announce<K: Resource<DynamicType = ()>>(
     if before.is_some_and(|c| c.reason == ready.reason && c.status == ready.status) {
         return Ok(());
     }
-    let type_ = if ready.status == "True" || ready.reason == "Pending" {
-        EventType::Normal
-    } else {
-        EventType::Warning
-    };
-    let event = Event {
-        type_,
-        reason: ready.reason.clone(),
-        note: Some(truncate(&ready.message, 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    ctx.recorder
-        .publish(&event, &obj.object_ref(&()))
-        .await
-        .map_err(Error::Event)
+    let warning = !(ready.status == "True" || NORMAL_REASONS.contains(&ready.reason.as_str()));
+    event(ctx, obj, warning, &ready.reason, ready.message.clone()).await
 }
+
+/// Ready=False reasons that are steps of normal progress, not problems.
+const NORMAL_REASONS: &[&str] = &["Provisioning", "ProviderNotReady", "Pending"];
 
 fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
