@@ -9,8 +9,41 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource};
+use sectordb::api::SectorDatabase;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+/// A SectorDatabase manifest for tests.
+pub fn database(name: &str, level: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
+        "metadata": {"name": name},
+        "spec": {
+            "agency": {"code": "000.00.12.H53", "name": "Department of Health"},
+            "sector": "Health", "classification": "Shared", "securityLevel": level,
+            "storage": {"size": "64Mi"}, "database": {"name": "health", "owner": "app"},
+            "deletionPolicy": "Delete"
+        }
+    })
+}
+
+/// The Ready condition's status, reason and message.
+pub fn ready_reason(db: Option<&SectorDatabase>) -> Option<(String, String, String)> {
+    let status = db?.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Whether the status describes the current generation.
+pub fn observed_current(db: Option<&SectorDatabase>) -> bool {
+    db.and_then(|db| Some(db.status.as_ref()?.observed_generation == db.metadata.generation))
+        .unwrap_or(false)
+}
+
+/// Whether the database reports Ready=True for its current generation.
+pub fn is_ready(db: Option<&SectorDatabase>) -> bool {
+    observed_current(db) && ready_reason(db).is_some_and(|r| r.0 == "True")
+}
 
 /// Where the chart installs the operator.
 pub const OPERATOR_NAMESPACE: &str = "sectordb-system";

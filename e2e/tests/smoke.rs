@@ -9,41 +9,18 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, poll, proxy_get, wait_for,
+    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, database, observed_current, poll,
+    proxy_get, ready_reason, wait_for,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn database(name: &str, level: i32) -> Value {
-    json!({
-        "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
-        "metadata": {"name": name},
-        "spec": {
-            "agency": {"code": "000.00.12.H53", "name": "Department of Health"},
-            "sector": "Health", "classification": "Shared", "securityLevel": level,
-            "storage": {"size": "1Gi"}, "database": {"name": "health", "owner": "app"}
-        }
-    })
-}
-
-fn ready_reason(db: Option<&SectorDatabase>) -> Option<(String, String, String)> {
-    let status = db?.status.as_ref()?;
-    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-fn observed_current(db: Option<&SectorDatabase>) -> bool {
-    db.and_then(|db| Some(db.status.as_ref()?.observed_generation == db.metadata.generation))
-        .unwrap_or(false)
-}
 
 async fn operator_pod(client: &Client) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
@@ -109,59 +86,6 @@ async fn chart_installs_a_ready_operator_with_established_crds() -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[tokio::test]
-async fn a_valid_database_gets_true_status_and_an_event() -> Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "status").await?;
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("records", 3))?,
-    )
-    .await?;
-    let db = wait_for(
-        &api,
-        "records",
-        MINUTE,
-        "status for the current generation",
-        observed_current,
-    )
-    .await?
-    .context("database vanished")?;
-    let status = db.status.as_ref().context("no status")?;
-    // No PostgreSQL runs behind it yet, so it must not claim to be Ready.
-    assert_eq!(status.phase, Some(DatabasePhase::Pending));
-    assert_eq!(
-        ready_reason(Some(&db)).map(|r| (r.0, r.1)),
-        Some(("False".into(), "NotProvisioned".into()))
-    );
-    let compliant = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Compliant")
-        .context("no Compliant")?;
-    assert_eq!(compliant.status, "False");
-    assert_eq!(
-        status.pinned.as_ref().map(|p| p.database.name.as_str()),
-        Some("health")
-    );
-
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    poll(
-        MINUTE,
-        "a NotProvisioned Event for the database",
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("NotProvisioned")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("records")
-            })
-        },
-    )
-    .await?;
-    ns.delete().await
 }
 
 #[tokio::test]

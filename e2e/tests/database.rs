@@ -1,0 +1,434 @@
+//! SectorDatabase end to end: real PostgreSQL pods on the local cluster, TLS clients with the
+//! delivered Secrets, faults, and deletion.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use sectordb::api::SectorDatabase;
+use sectordb::api::database::DatabasePhase;
+use sectordb_e2e::{
+    OPERATOR_NAMESPACE, TestNamespace, client, database, is_ready, poll, ready_reason, wait_for,
+};
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn create_ready(client: &Client, ns: &str, name: &str, level: i32) -> Result<SectorDatabase> {
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database(name, level))?,
+    )
+    .await?;
+    wait_for(&api, name, READY_TIMEOUT, "Ready=True", is_ready)
+        .await?
+        .context("database vanished")
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Result<String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("no {key} in the Secret"))?;
+    Ok(String::from_utf8(bytes.0.clone())?)
+}
+
+/// A TLS session as the app Secret describes it, verified against the Secret's CA.
+async fn connect_with(secret: &Secret) -> Result<tokio_postgres::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (host, addr, user, password, dbname, ca) = (
+        secret_text(secret, "host")?,
+        secret_text(secret, "hostaddr")?,
+        secret_text(secret, "user")?,
+        secret_text(secret, "password")?,
+        secret_text(secret, "dbname")?,
+        secret_text(secret, "ca.crt")?,
+    );
+    let target = sectordb::sql::Target {
+        host: &host,
+        addr: addr.parse::<IpAddr>()?,
+        port: secret_text(secret, "port")?.parse()?,
+        user: &user,
+        password: &password,
+        ca_pem: &ca,
+    };
+    Ok(sectordb::sql::connect(&target, &dbname).await?)
+}
+
+#[tokio::test]
+async fn a_database_becomes_ready_and_serves_tls_clients_only() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "tls").await?;
+    let db = create_ready(&client, &ns.name, "records", 3).await?;
+    let status = db.status.clone().context("no status")?;
+    assert_eq!(status.phase, Some(DatabasePhase::Ready));
+    let rw = status
+        .endpoints
+        .and_then(|e| e.read_write)
+        .context("no read-write endpoint")?;
+    assert_eq!(rw.host, format!("records-rw.{}.svc", ns.name));
+    assert!(
+        rw.cluster_ip
+            .as_deref()
+            .is_some_and(|ip| ip.parse::<IpAddr>().is_ok())
+    );
+    let compliance = status.compliance.context("no compliance")?;
+    for rule in ["tls-only", "pgaudit"] {
+        assert!(
+            compliance
+                .findings
+                .iter()
+                .any(|f| f.rule == rule && f.satisfied),
+            "{rule} not satisfied: {compliance:?}"
+        );
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let app = secrets
+        .get(
+            &status
+                .secrets
+                .and_then(|s| s.app)
+                .context("no app Secret")?,
+        )
+        .await?;
+    let keys: Vec<&String> = app.data.as_ref().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt", "dbname", "host", "hostaddr", "password", "port", "uri", "user"
+        ]
+    );
+
+    // With the CA from the Secret, over TLS: the owner works in its database.
+    let session = connect_with(&app).await?;
+    session
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+        .await?;
+    let tls: bool = session
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(tls);
+
+    // Without TLS: refused by pg_hba.
+    let plain = format!(
+        "host={} port=5432 user={} password={} dbname={} sslmode=disable",
+        secret_text(&app, "hostaddr")?,
+        secret_text(&app, "user")?,
+        secret_text(&app, "password")?,
+        secret_text(&app, "dbname")?
+    );
+    let refused = tokio_postgres::connect(&plain, NoTls)
+        .await
+        .err()
+        .context("a plain connection was accepted")?;
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("pg_hba.conf rejects connection"),
+        "{refused:?}"
+    );
+
+    // From another pod, psql with nothing but the Secret (no cluster DNS: hostaddr does it).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psql"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 100, "runAsNonRoot": true},
+            "containers": [{
+                "name": "psql", "image": "local/sectordb-postgres:15", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "psql \"host=$(cat /s/host) hostaddr=$(cat /s/hostaddr) port=5432 dbname=$(cat /s/dbname) user=$(cat /s/user) password=$(cat /s/password) sslmode=verify-full sslrootcert=/s/ca.crt\" -Atc 'SELECT count(*) FROM t'"],
+                "volumeMounts": [{"name": "s", "mountPath": "/s", "readOnly": true}]
+            }],
+            "volumes": [{"name": "s", "secret": {"secretName": app.name_any()}}]
+        }
+    });
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+        .await?;
+    let done = wait_for(
+        &pods,
+        "psql",
+        Duration::from_secs(120),
+        "psql pod finished",
+        |p| {
+            p.and_then(|p| p.status.as_ref()?.phase.clone())
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+        },
+    )
+    .await?
+    .context("psql pod vanished")?;
+    let logs = pods.logs("psql", &Default::default()).await?;
+    assert_eq!(
+        done.status.and_then(|s| s.phase).as_deref(),
+        Some("Succeeded"),
+        "psql: {logs}"
+    );
+    assert_eq!(logs.trim(), "2");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_deleted_pod_comes_back_with_its_data_and_status_recovers() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "restart").await?;
+    create_ready(&client, &ns.name, "durable", 2).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let app = secrets.get("durable-app").await?;
+    connect_with(&app)
+        .await?
+        .batch_execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before')")
+        .await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let old_uid = pods.get("durable-0").await?.uid();
+    pods.delete("durable-0", &DeleteParams::default()).await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let degraded = wait_for(
+        &api,
+        "durable",
+        Duration::from_secs(90),
+        "not Ready while the pod is gone",
+        |db| ready_reason(db).is_some_and(|r| r.0 == "False"),
+    )
+    .await?
+    .context("gone")?;
+    assert_eq!(
+        degraded.status.and_then(|s| s.phase),
+        Some(DatabasePhase::Degraded)
+    );
+    wait_for(&api, "durable", READY_TIMEOUT, "Ready again", is_ready).await?;
+    assert_ne!(
+        pods.get("durable-0").await?.uid(),
+        old_uid,
+        "the pod was not replaced"
+    );
+    let row: String = connect_with(&app)
+        .await?
+        .query_one("SELECT v FROM kept", &[])
+        .await?
+        .get(0);
+    assert_eq!(row, "before");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn deletion_retains_volumes_unless_asked_to_delete_them() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "delete").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    for (name, policy) in [("kept", "Retain"), ("dropped", "Delete")] {
+        let mut manifest = database(name, 2);
+        manifest["spec"]["deletionPolicy"] = json!(policy);
+        api.create(&PostParams::default(), &serde_json::from_value(manifest)?)
+            .await?;
+        wait_for(&api, name, READY_TIMEOUT, "Ready=True", is_ready).await?;
+        api.delete(name, &DeleteParams::default()).await?;
+        wait_for(&api, name, Duration::from_secs(90), "deleted", |db| {
+            db.is_none()
+        })
+        .await?;
+    }
+    let claim = |db: &str| format!("data-{db}-0");
+    assert!(
+        pvcs.get_opt(&claim("kept"))
+            .await?
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        "Retain lost the volume"
+    );
+    wait_for(
+        &pvcs,
+        &claim("dropped"),
+        Duration::from_secs(90),
+        "volume deleted",
+        |p| p.is_none(),
+    )
+    .await?;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "VolumesRetained")
+            && reasons.iter().any(|r| r == "VolumesDeleted"),
+        "{reasons:?}"
+    );
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn storage_growth_the_class_refuses_is_reported() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "grow").await?;
+    create_ready(&client, &ns.name, "growing", 2).await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    api.patch(
+        "growing",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"storage": {"size": "128Mi"}}})),
+    )
+    .await?;
+    // The local cluster's host-path class cannot expand volumes: status must say so, not pretend.
+    let db = wait_for(
+        &api,
+        "growing",
+        Duration::from_secs(90),
+        "Degraded names the volume",
+        |db| {
+            db.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+                .is_some_and(|c| c.message.contains("was not expanded"))
+        },
+    )
+    .await?
+    .context("gone")?;
+    assert_eq!(
+        db.status
+            .and_then(|s| s.pinned)
+            .map(|p| p.storage_size.0)
+            .as_deref(),
+        Some("128Mi")
+    );
+    // Shrinking below what was accepted is refused (schema CEL or the operator).
+    let shrink = api
+        .patch(
+            "growing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "32Mi"}}})),
+        )
+        .await;
+    if shrink.is_ok() {
+        wait_for(
+            &api,
+            "growing",
+            Duration::from_secs(60),
+            "InvalidSpec for shrinking",
+            |db| {
+                ready_reason(db)
+                    .is_some_and(|r| r.1 == "InvalidSpec" && r.2.contains("spec.storage.size"))
+            },
+        )
+        .await?;
+    }
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn zz_an_operator_killed_while_provisioning_finishes_without_duplicates() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "killed").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("interrupted", 2))?,
+    )
+    .await?;
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    // Kill the operator as soon as it has started on the database.
+    wait_for(
+        &api,
+        "interrupted",
+        Duration::from_secs(60),
+        "provisioning started",
+        |db| db.and_then(|d| d.status.as_ref()).is_some(),
+    )
+    .await?;
+    let list = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
+        .await?;
+    for pod in list {
+        operator_pods
+            .delete(
+                &pod.name_any(),
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    wait_for(
+        &api,
+        "interrupted",
+        Duration::from_secs(240),
+        "Ready=True after the restart",
+        is_ready,
+    )
+    .await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(
+        statefulsets.list(&ListParams::default()).await?.items.len(),
+        1
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let names: Vec<String> = secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=interrupted"))
+        .await?
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "interrupted-app",
+            "interrupted-ca",
+            "interrupted-server-tls",
+            "interrupted-superuser"
+        ]
+    );
+    let superuser = secrets.get("interrupted-superuser").await?;
+    let session = connect_with(&superuser).await?;
+    let roles: i64 = session
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'app'", &[])
+        .await?
+        .get(0);
+    let dbs: i64 = session
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'health'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if (roles, dbs) != (1, 1) {
+        bail!("expected one role and one database, found {roles} and {dbs}");
+    }
+    // Wait until the operator is back before the next test.
+    poll(Duration::from_secs(120), "operator ready again", || async {
+        let pods = operator_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
+            .await
+            .ok()?;
+        pods.items
+            .iter()
+            .any(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .then_some(())
+    })
+    .await?;
+    ns.delete().await
+}
