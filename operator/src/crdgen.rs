@@ -10,11 +10,35 @@ use crate::api::{BackupPolicy, DataSharingConnection, SectorDatabase};
 
 /// Every CRD the operator serves.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         SectorDatabase::crd(),
         DataSharingConnection::crd(),
         BackupPolicy::crd(),
     ]
+    .into_iter()
+    .map(without_null_enum_values)
+    .collect()
+}
+
+/// Optional enums come out of schemars as `enum: [..., null]` with `nullable: true`. Kubernetes
+/// 1.20 refuses a CRD with `null` among enum values (reporting the unrelated "preserveUnknownFields
+/// must be false"); `nullable: true` alone already admits null.
+fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(node: &mut serde_json::Value) {
+        match node {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|v| !v.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("removing enum values keeps a valid CRD")
 }
 
 /// A CRD as one YAML document.
