@@ -38,6 +38,15 @@ fn check(node: &Value, path: &str, problems: &mut Vec<String>) {
             problems.push(format!("{path}: format {format}"));
         }
     }
+    if node
+        .get("enum")
+        .and_then(Value::as_array)
+        .is_some_and(|values| values.iter().any(Value::is_null))
+    {
+        problems.push(format!(
+            "{path}: null among enum values (Kubernetes 1.20 refuses the CRD)"
+        ));
+    }
     for keyword in ["oneOf", "anyOf", "allOf", "not", "$ref"] {
         if node.get(keyword).is_some() {
             problems.push(format!("{path}: uses {keyword}"));
@@ -156,7 +165,8 @@ fn the_structural_check_finds_what_it_looks_for() {
                 "count": {"type": "integer", "format": "uint32", "description": "d"},
                 "loose": {"description": "d"},
                 "bare": {"type": "string"},
-                "choice": {"type": "string", "description": "d", "oneOf": [{"enum": ["a"]}]}
+                "choice": {"type": "string", "description": "d", "oneOf": [{"enum": ["a"]}]},
+                "maybe": {"type": "string", "description": "d", "nullable": true, "enum": ["a", null]}
             }}
         }
     });
@@ -168,7 +178,8 @@ fn the_structural_check_finds_what_it_looks_for() {
             ".spec.bare: no description",
             ".spec.choice: uses oneOf",
             ".spec.count: format uint32",
-            ".spec.loose: no type"
+            ".spec.loose: no type",
+            ".spec.maybe: null among enum values (Kubernetes 1.20 refuses the CRD)",
         ]
     );
 }
