@@ -183,7 +183,7 @@ async fn reconcile(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
-        announce(&ctx, conn, previous, ready).await?;
+        announce(&ctx, conn, previous, ready).await;
     }
     Ok(action)
 }

@@ -466,7 +466,7 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action
         Err(_) => None,
     };
     for warning in provisioned.iter().flat_map(|p| &p.warnings) {
-        event(ctx, &*db, true, "StorageNotExpanded", warning.clone()).await?;
+        event(ctx, &*db, true, "StorageNotExpanded", warning.clone()).await;
     }
     let status = desired_status(&db, &ctx.profile, provisioned.as_ref(), &now());
     write_status(ctx, CONTROLLER, &api, &db, &status).await?;
@@ -476,7 +476,7 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
-        announce(ctx, &*db, previous, ready).await?;
+        announce(ctx, &*db, previous, ready).await;
     }
     Ok(match status.phase {
         Some(DatabasePhase::Failed) => Action::await_change(),
@@ -507,7 +507,7 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
                 "VolumesRetained",
                 format!("deletionPolicy Retain: kept volumes {}", names.join(", ")),
             )
-            .await?;
+            .await;
         }
         DeletionPolicy::Delete => {
             for name in &names {
@@ -523,7 +523,7 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
                     names.join(", ")
                 ),
             )
-            .await?;
+            .await;
         }
     }
     Ok(Action::await_change())

@@ -43,8 +43,6 @@ pub struct Context {
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
-    #[error("publishing an Event failed: {0}")]
-    Event(#[source] kube::Error),
     #[error("{0}")]
     Certificate(#[from] crate::pki::Error),
     #[error("the operator's CA Secret is malformed: {0}")]
@@ -58,7 +56,6 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "ApiError",
-            Error::Event(_) => "EventError",
             Error::Certificate(_) | Error::MalformedCa(_) => "CertificateError",
             Error::Finalizer(_) => "FinalizerError",
         }
@@ -117,14 +114,15 @@ where
     Ok(())
 }
 
-/// Publishes an Event about `obj`.
+/// Publishes an Event about `obj`. Events are best effort: a failure (a namespace being deleted
+/// refuses new Events) is logged and never fails the reconcile, so cleanup still completes.
 pub async fn event<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
     warning: bool,
     reason: &str,
     note: String,
-) -> Result<()> {
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -136,10 +134,9 @@ pub async fn event<K: Resource<DynamicType = ()>>(
         action: "Reconcile".into(),
         secondary: None,
     };
-    ctx.recorder
-        .publish(&event, &obj.object_ref(&()))
-        .await
-        .map_err(Error::Event)
+    if let Err(error) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(reason, %error, "publishing an Event failed");
+    }
 }
 
 /// Publishes an Event about `obj` when its Ready condition changes reason, so a steady state
@@ -149,10 +146,10 @@ pub async fn announce<K: Resource<DynamicType = ()>>(
     obj: &K,
     previous: &[Condition],
     ready: &Condition,
-) -> Result<()> {
+) {
     let before = previous.iter().find(|c| c.type_ == ready.type_);
     if before.is_some_and(|c| c.reason == ready.reason && c.status == ready.status) {
-        return Ok(());
+        return;
     }
     let warning = !(ready.status == "True" || NORMAL_REASONS.contains(&ready.reason.as_str()));
     event(ctx, obj, warning, &ready.reason, ready.message.clone()).await

@@ -119,7 +119,7 @@ async fn reconcile(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     if let Some(ready) = status.conditions.first() {
-        announce(&ctx, policy, previous, ready).await?;
+        announce(&ctx, policy, previous, ready).await;
     }
     // Namespace labels are not watched; a periodic look keeps the count true when they change.
     Ok(Action::requeue(Duration::from_secs(300)))
