@@ -10,7 +10,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
@@ -93,6 +95,11 @@ async fn the_schema_rejects_bad_input_and_the_operator_reports_what_cel_would() 
     let client = client().await?;
     let ns = TestNamespace::create(&client, "invalid").await?;
     let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::erase::<SectorDatabase>(&()),
+    );
 
     // Schema: a level outside 1..5 and a malformed agency code never reach the operator.
     for (patch, field) in [
@@ -107,8 +114,12 @@ async fn the_schema_rejects_bad_input_and_the_operator_reports_what_cel_would() 
         for (k, v) in patch.as_object().unwrap() {
             bad["spec"][k] = v.clone();
         }
-        let error = api
-            .create(&PostParams::default(), &serde_json::from_value(bad)?)
+        // Sent as raw JSON: the typed client could not even express these values.
+        let error = raw
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value::<DynamicObject>(bad)?,
+            )
             .await;
         let error = error
             .err()
