@@ -22,7 +22,7 @@ use super::common::Agency;
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.database"}"#,
     printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumer.namespace"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.validUntil"}"#,
+    printcolumn = r#"{"name":"Valid Until","type":"string","jsonPath":".spec.validUntil"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
