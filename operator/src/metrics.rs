@@ -11,7 +11,7 @@ pub struct Metrics {
     reconciles: IntCounterVec,
     failures: IntCounterVec,
     duration: HistogramVec,
-    status_writes: IntCounterVec,
+    writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
 }
@@ -38,12 +38,12 @@ impl Default for Metrics {
             &["controller"],
         )
         .unwrap();
-        let status_writes = IntCounterVec::new(
+        let writes = IntCounterVec::new(
             Opts::new(
-                "status_writes_total",
-                "Status patches sent to the apiserver",
+                "api_writes_total",
+                "Writes sent to the apiserver, by controller and what was written",
             ),
-            &["controller"],
+            &["controller", "resource"],
         )
         .unwrap();
         let leader =
@@ -52,7 +52,7 @@ impl Default for Metrics {
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
-            Box::new(status_writes.clone()),
+            Box::new(writes.clone()),
             Box::new(leader.clone()),
         ] {
             registry.register(c).expect("metrics are registered once");
@@ -62,7 +62,7 @@ impl Default for Metrics {
             reconciles,
             failures,
             duration,
-            status_writes,
+            writes,
             leader,
         }
     }
@@ -84,8 +84,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn status_write(&self, controller: &str) {
-        self.status_writes.with_label_values(&[controller]).inc();
+    /// Counts a write; a steady state must make none.
+    pub fn write(&self, controller: &str, resource: &str) {
+        self.writes.with_label_values(&[controller, resource]).inc();
     }
 
     /// The text exposition of every metric.

@@ -21,14 +21,13 @@ use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
 use super::{
-    Context, Error, Result, announce, event, field_manager, now, report_undecodable, write_status,
+    Context, Error, Result, announce, apply_child, event, now, report_undecodable, write_status,
 };
 use crate::api::SectorDatabase;
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
     SectorDatabaseStatus,
 };
-use crate::apply::apply;
 use crate::conditions::{Want, settle};
 use crate::dataplane::{self, Names, Settings};
 use crate::pgconf::PORT;
@@ -258,7 +257,6 @@ fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
 async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let namespace = db.namespace().unwrap_or_default();
     let client = ctx.client.clone();
-    let manager = field_manager(CONTROLLER);
     let n: Names = dataplane::names(&db.name_any());
     let settings = Settings {
         image: &ctx.postgres_image,
@@ -268,9 +266,10 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
 
     let config = dataplane::config_map(db);
     let config_hash = dataplane::config_hash(&config);
-    apply(
+    apply_child(
+        ctx,
+        CONTROLLER,
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-        &manager,
         config,
     )
     .await?;
@@ -278,7 +277,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let mut cluster_ip = None;
     for service in dataplane::services(db) {
         let is_rw = service.metadata.name.as_deref() == Some(n.read_write.as_str());
-        let (live, _) = apply(&services, &manager, service).await?;
+        let live = apply_child(ctx, CONTROLLER, &services, service).await?;
         if is_rw {
             cluster_ip = live
                 .spec
@@ -308,17 +307,19 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
             host_addr: &cluster_ip,
             database: dbname,
         };
-        apply(
+        apply_child(
+            ctx,
+            CONTROLLER,
             &secrets,
-            &manager,
             dataplane::credentials_secret(db, name, &endpoint, user, &password, &ca.cert_pem),
         )
         .await?;
         passwords.push(password);
     }
-    apply(
+    apply_child(
+        ctx,
+        CONTROLLER,
         &secrets,
-        &manager,
         dataplane::tls_secret(db, &n.ca, &[("ca.crt", &ca.cert_pem)]),
     )
     .await?;
@@ -346,12 +347,13 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         secret
             .annotations_mut()
             .insert(SANS_ANNOTATION.into(), sans);
-        apply(&secrets, &manager, secret).await?;
+        apply_child(ctx, CONTROLLER, &secrets, secret).await?;
     }
 
-    apply(
+    apply_child(
+        ctx,
+        CONTROLLER,
         &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
-        &manager,
         dataplane::network_policy(db, &settings),
     )
     .await?;
@@ -366,7 +368,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     ) {
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
-    let (live, _) = apply(&statefulsets, &manager, desired).await?;
+    let live = apply_child(ctx, CONTROLLER, &statefulsets, desired).await?;
     let warnings = grow_volumes(db, ctx).await?;
     let ready_instances = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
 
@@ -439,6 +441,7 @@ async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<String>>
             continue;
         }
         let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": db.spec.storage.size}}}});
+        ctx.metrics.write(CONTROLLER, "PersistentVolumeClaim");
         if let Err(error) = pvcs
             .patch(
                 &pvc.name_any(),
@@ -482,6 +485,9 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action
         Some(DatabasePhase::Failed) => Action::await_change(),
         // Re-check a healthy database now and then: Ready must stay true only while it is.
         Some(DatabasePhase::Ready) => Action::requeue(Duration::from_secs(60)),
+        // Something needs a person or a slow fix (a refused volume expansion, a lost pod that
+        // the StatefulSet is replacing, which also wakes this controller): no tight loop.
+        Some(DatabasePhase::Degraded) => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
 }

@@ -110,8 +110,25 @@ where
         &Patch::Apply(body),
     )
     .await?;
-    ctx.metrics.status_write(controller);
+    ctx.metrics.write(controller, "status");
     Ok(())
+}
+
+/// Applies a child object (skipped when unchanged, see `apply`) and counts the write.
+pub async fn apply_child<K>(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<K>,
+    desired: K,
+) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let (live, wrote) = crate::apply::apply(api, &field_manager(controller), desired).await?;
+    if wrote {
+        ctx.metrics.write(controller, &K::kind(&()));
+    }
+    Ok(live)
 }
 
 /// Publishes an Event about `obj`. Events are best effort: a failure (a namespace being deleted
@@ -202,6 +219,6 @@ where
         &Patch::Apply(body),
     )
     .await?;
-    ctx.metrics.status_write(controller);
+    ctx.metrics.write(controller, "status");
     Ok(Action::await_change())
 }
