@@ -274,39 +274,43 @@ pub struct Endpoint<'a> {
     pub database: &'a str,
 }
 
-/// A credentials Secret with the keys design.md lists: host, hostaddr, port, dbname, user,
+/// Who logs in where: the contents of a credentials Secret.
+pub struct Credentials<'a> {
+    pub endpoint: &'a Endpoint<'a>,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub ca_pem: &'a str,
+}
+
+/// The keys design.md lists for every credentials Secret: host, hostaddr, port, dbname, user,
 /// password, ca.crt and a libpq URI that verifies the server (sslmode=verify-full).
-pub fn credentials_secret(
-    db: &SectorDatabase,
-    name: &str,
-    endpoint: &Endpoint,
-    user: &str,
-    password: &str,
-    ca_pem: &str,
-) -> Secret {
+pub fn credentials_data(c: &Credentials) -> BTreeMap<String, ByteString> {
+    let e = c.endpoint;
     let uri = format!(
-        "postgresql://{user}:{password}@{host}:{PORT}/{dbname}?sslmode=verify-full&hostaddr={addr}&sslrootcert=ca.crt",
-        host = endpoint.host,
-        dbname = endpoint.database,
-        addr = endpoint.host_addr,
+        "postgresql://{}:{}@{}:{PORT}/{}?sslmode=verify-full&hostaddr={}&sslrootcert=ca.crt",
+        c.user, c.password, e.host, e.database, e.host_addr
     );
-    let data: BTreeMap<String, ByteString> = [
-        ("host", endpoint.host.to_string()),
-        ("hostaddr", endpoint.host_addr.to_string()),
+    [
+        ("host", e.host.to_string()),
+        ("hostaddr", e.host_addr.to_string()),
         ("port", PORT.to_string()),
-        ("dbname", endpoint.database.to_string()),
-        ("user", user.to_string()),
-        ("password", password.to_string()),
-        ("ca.crt", ca_pem.to_string()),
+        ("dbname", e.database.to_string()),
+        ("user", c.user.to_string()),
+        ("password", c.password.to_string()),
+        ("ca.crt", c.ca_pem.to_string()),
         ("uri", uri),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-    .collect();
+    .collect()
+}
+
+/// A database's own credentials Secret (owned by the database).
+pub fn credentials_secret(db: &SectorDatabase, name: &str, credentials: &Credentials) -> Secret {
     let mut secret: Secret = from_json(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(db, name), "type": "Opaque"}),
     );
-    secret.data = Some(data);
+    secret.data = Some(credentials_data(credentials));
     secret
 }
 
@@ -441,7 +445,13 @@ mod tests {
             host_addr: "10.96.0.9",
             database: "health",
         };
-        let secret = credentials_secret(&db(), "health-records-app", &endpoint, "app", "pw", "CA");
+        let credentials = Credentials {
+            endpoint: &endpoint,
+            user: "app",
+            password: "pw",
+            ca_pem: "CA",
+        };
+        let secret = credentials_secret(&db(), "health-records-app", &credentials);
         let data = secret.data.unwrap();
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
         assert_eq!(

@@ -27,6 +27,8 @@ pub struct Grant<'a> {
     pub connection_limit: i32,
     pub database: &'a str,
     pub tables: &'a [GrantedTable],
+    /// Set the password even if the role exists: its Secret was (re)created with a new one.
+    pub set_password: bool,
 }
 
 fn ident(name: &str) -> String {
@@ -99,6 +101,16 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
                     .batch_execute(&format!(
                         "ALTER ROLE {role} LOGIN CONNECTION LIMIT {}",
                         grant.connection_limit
+                    ))
+                    .await?;
+            }
+            if grant.set_password {
+                let verifier =
+                    postgres_protocol::password::scram_sha_256(grant.password.as_bytes());
+                client
+                    .batch_execute(&format!(
+                        "ALTER ROLE {role} PASSWORD '{}'",
+                        verifier.replace('\'', "''")
                     ))
                     .await?;
             }

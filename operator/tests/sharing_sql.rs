@@ -65,6 +65,7 @@ fn grant<'a>(tables: &'a [GrantedTable]) -> Grant<'a> {
         connection_limit: 2,
         database: "health",
         tables,
+        set_password: false,
     }
 }
 
@@ -171,6 +172,16 @@ async fn grants_change_in_place_without_new_credentials() {
         .unwrap()
         .get(0);
     assert_eq!(verifier, again);
+    // A recreated Secret carries a new password: the role takes it.
+    let renewed = Grant {
+        password: "a-new-password",
+        set_password: true,
+        ..grant(&two)
+    };
+    sharing_sql::grant(&su, &renewed).await.unwrap();
+    sql::connect(&pg.target(ROLE, "a-new-password"), "health")
+        .await
+        .expect("the new password works");
     let roles: i64 = su
         .query_one(
             "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dsc_%'",

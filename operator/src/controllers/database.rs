@@ -311,7 +311,16 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
             ctx,
             CONTROLLER,
             &secrets,
-            dataplane::credentials_secret(db, name, &endpoint, user, &password, &ca.cert_pem),
+            dataplane::credentials_secret(
+                db,
+                name,
+                &dataplane::Credentials {
+                    endpoint: &endpoint,
+                    user,
+                    password: &password,
+                    ca_pem: &ca.cert_pem,
+                },
+            ),
         )
         .await?;
         passwords.push(password);
