@@ -182,9 +182,9 @@ def check_operator_rbac(docs, namespace, dep):
             ("", "namespaces"): READ,
             ("", "configmaps"): READ | {"create", "patch"},
             ("", "services"): READ | {"create", "patch"},
-            ("", "secrets"): READ | {"create", "patch"},
+            ("", "secrets"): READ | {"create", "patch", "delete"},
             ("apps", "statefulsets"): READ | {"create", "patch"},
-            ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch"},
+            ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch", "delete"},
             ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
         }
         for r in SECTORDB_RESOURCES:

@@ -1,26 +1,38 @@
-//! The DataSharingConnection controller. In this version it decides whether a grant would be
-//! allowed (deny by default) and reports it; no PostgreSQL role is created yet, so a connection
-//! never becomes Active.
+//! The DataSharingConnection controller: deny by default, grant exactly the declared dataset
+//! (ReadOnly mode), revoke within seconds of deletion, suspension or expiry, and log every grant
+//! and revocation with the connection's UID.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DeleteParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Result, announce, now, report_undecodable, write_status};
-use crate::api::connection::{ConnectionPhase, DataSharingConnectionStatus};
+use super::ca::operator_ca;
+use super::{
+    Context, Error, Result, announce, apply_child, event, now, report_undecodable, write_status,
+};
+use crate::api::connection::{
+    ConnectionPhase, DataSharingConnectionStatus, SecretRef, SharingMode,
+};
 use crate::api::{DataSharingConnection, SectorDatabase};
 use crate::conditions::{Want, settle, status_of};
-use crate::validate;
+use crate::pgconf::PORT;
+use crate::sharing_sql::{self, GrantedTable};
+use crate::{dataplane, pki, sharing, sql, validate};
 
 pub const CONTROLLER: &str = "connection";
+const FINALIZER: &str = "sectordb.io/connection";
 
 /// What the controller read about the objects a connection names.
 pub struct Facts<'a> {
@@ -29,70 +41,52 @@ pub struct Facts<'a> {
     pub now: &'a Time,
 }
 
-/// The status a connection should have, and when to look again. Pure.
-pub fn desired_status(
-    conn: &DataSharingConnection,
-    facts: &Facts,
-) -> (DataSharingConnectionStatus, Action) {
+/// Whether access may exist now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Grant(Vec<GrantedTable>),
+    Deny {
+        phase: ConnectionPhase,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+fn deny(phase: ConnectionPhase, reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Deny {
+        phase,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Deny by default. Pure.
+pub fn decide(conn: &DataSharingConnection, facts: &Facts) -> Decision {
     let spec = &conn.spec;
-    let until = &spec.valid_until;
-    let (phase, reason, message, action) = if let Err(violations) = validate::connection(spec) {
-        (
+    if let Err(violations) = validate::connection(spec) {
+        return deny(
             ConnectionPhase::Denied,
             "InvalidSpec",
             validate::describe(&violations),
-            Action::await_change(),
-        )
-    } else if spec.suspended {
-        (
+        );
+    }
+    if spec.suspended {
+        return deny(
             ConnectionPhase::Suspended,
             "Suspended",
-            "spec.suspended is true: no access".into(),
-            Action::await_change(),
-        )
-    } else if until.0 <= facts.now.0 {
-        (
+            "spec.suspended is true: access is revoked",
+        );
+    }
+    if spec.valid_until.0 <= facts.now.0 {
+        return deny(
             ConnectionPhase::Expired,
             "Expired",
-            format!("spec.validUntil {} has passed", until.0),
-            Action::await_change(),
-        )
-    } else {
-        let (phase, reason, message) = eligibility(conn, facts);
-        // Look again at the expiry instant at the latest, so a lapsed grant is noticed on time.
-        let left = until.0.duration_since(facts.now.0).unsigned_abs();
-        let recheck = if reason == "ConsumerNamespaceNotFound" {
-            Duration::from_secs(30)
-        } else {
-            Duration::from_secs(3600)
-        };
-        (phase, reason, message, Action::requeue(left.min(recheck)))
-    };
-    let previous = conn.status.clone().unwrap_or_default();
-    let generation = conn.metadata.generation;
-    let wanted = vec![
-        Want::new("Ready", false, reason, message.clone()),
-        Want::new("Granted", false, reason, message),
-    ];
-    let status = DataSharingConnectionStatus {
-        observed_generation: generation,
-        phase: Some(phase),
-        conditions: settle(wanted, &previous.conditions, generation, facts.now),
-        expires_at: Some(until.clone()),
-        ..previous
-    };
-    (status, action)
-}
-
-/// Deny by default: the provider must exist in this namespace, declare the dataset, and the
-/// consumer's namespace must exist. A provider that is not Ready leaves the connection Pending.
-fn eligibility(
-    conn: &DataSharingConnection,
-    facts: &Facts,
-) -> (ConnectionPhase, &'static str, String) {
-    let wanted = &conn.spec.provider;
+            format!("spec.validUntil {} has passed", spec.valid_until.0),
+        );
+    }
+    let wanted = &spec.provider;
     let Some(provider) = facts.provider else {
-        return (
+        return deny(
             ConnectionPhase::Pending,
             "ProviderNotFound",
             format!(
@@ -101,14 +95,8 @@ fn eligibility(
             ),
         );
     };
-    let declared = provider
-        .spec
-        .sharing
-        .iter()
-        .flat_map(|s| &s.datasets)
-        .any(|d| d.name == wanted.dataset);
-    if !declared {
-        return (
+    let Some(tables) = sharing::granted_tables(provider, &wanted.dataset) else {
+        return deny(
             ConnectionPhase::Denied,
             "DatasetNotDeclared",
             format!(
@@ -116,24 +104,31 @@ fn eligibility(
                 wanted.database, wanted.dataset
             ),
         );
-    }
+    };
     if !facts.consumer_namespace_exists {
-        return (
+        return deny(
             ConnectionPhase::Denied,
             "ConsumerNamespaceNotFound",
             format!(
                 "spec.consumer.namespace: namespace {:?} does not exist",
-                conn.spec.consumer.namespace
+                spec.consumer.namespace
             ),
         );
     }
-    let provider_ready = provider
+    if spec.mode == SharingMode::Replicate {
+        return deny(
+            ConnectionPhase::Pending,
+            "ReplicationNotSupported",
+            "mode Replicate is not implemented in this operator version; use ReadOnly",
+        );
+    }
+    if provider
         .status
         .as_ref()
         .and_then(|s| status_of(&s.conditions, "Ready"))
-        == Some("True");
-    if !provider_ready {
-        return (
+        != Some("True")
+    {
+        return deny(
             ConnectionPhase::Pending,
             "ProviderNotReady",
             format!(
@@ -142,28 +137,329 @@ fn eligibility(
             ),
         );
     }
-    (
-        ConnectionPhase::Pending,
-        "GrantNotSupported",
-        "the grant is allowed, but this operator version does not create sharing roles yet".into(),
-    )
+    Decision::Grant(tables)
 }
 
-async fn reconcile(
-    guard: Arc<DeserializeGuard<DataSharingConnection>>,
-    ctx: Arc<Context>,
-) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let namespace = guard.namespace().unwrap_or_default();
-    let api: Api<DataSharingConnection> = Api::namespaced(ctx.client.clone(), &namespace);
-    let conn = match &guard.0 {
-        Ok(conn) => conn,
-        Err(invalid) => {
-            return report_undecodable(&ctx, CONTROLLER, &api, invalid, Some("Denied")).await;
+/// What happened in PostgreSQL this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Granted {
+        role: String,
+        tables: Vec<GrantedTable>,
+        secret: SecretRef,
+    },
+    /// A grant was allowed but PostgreSQL refused it (e.g. a declared table does not exist yet).
+    GrantFailed(String),
+    NotGranted,
+}
+
+/// The status a connection should have. Pure.
+pub fn desired_status(
+    conn: &DataSharingConnection,
+    decision: &Decision,
+    outcome: &Outcome,
+    now: &Time,
+) -> DataSharingConnectionStatus {
+    let previous = conn.status.clone().unwrap_or_default();
+    let generation = conn.metadata.generation;
+    let was_granted = previous.granted_at.is_some() && previous.revoked_at.is_none();
+    let mut status = DataSharingConnectionStatus {
+        observed_generation: generation,
+        expires_at: Some(conn.spec.valid_until.clone()),
+        ..previous.clone()
+    };
+    let (phase, ready, reason, message) = match (decision, outcome) {
+        (
+            _,
+            Outcome::Granted {
+                role,
+                tables,
+                secret,
+            },
+        ) => {
+            status.role = Some(role.clone());
+            if !was_granted {
+                status.granted_at = Some(now.clone());
+                status.revoked_at = None;
+            }
+            status.granted_objects = tables.iter().map(GrantedTable::describe).collect();
+            status.secret_ref = Some(secret.clone());
+            let message = format!(
+                "{} may read {} until {}",
+                conn.spec.consumer.namespace,
+                status.granted_objects.join(", "),
+                conn.spec.valid_until.0
+            );
+            (ConnectionPhase::Active, true, "Granted", message)
+        }
+        (_, Outcome::GrantFailed(error)) => (
+            ConnectionPhase::Pending,
+            false,
+            "GrantFailed",
+            error.clone(),
+        ),
+        (
+            Decision::Deny {
+                phase,
+                reason,
+                message,
+            },
+            _,
+        ) => {
+            if was_granted {
+                status.revoked_at = Some(now.clone());
+            }
+            status.granted_objects.clear();
+            status.secret_ref = None;
+            let phase = if was_granted && *phase == ConnectionPhase::Denied {
+                ConnectionPhase::Revoked
+            } else {
+                *phase
+            };
+            (phase, false, *reason, message.clone())
+        }
+        (Decision::Grant(_), Outcome::NotGranted) => (
+            ConnectionPhase::Pending,
+            false,
+            "Pending",
+            "granting".to_string(),
+        ),
+    };
+    let wanted = vec![
+        Want::new("Ready", ready, reason, message.clone()),
+        Want::new("Granted", ready, reason, message),
+    ];
+    status.phase = Some(phase);
+    status.conditions = settle(wanted, &previous.conditions, generation, now);
+    status
+}
+
+/// When to look again: at the expiry instant at the latest, so a lapsed grant is revoked on time.
+fn next_check(conn: &DataSharingConnection, decision: &Decision, now: &Time) -> Action {
+    let until = &conn.spec.valid_until.0;
+    if until <= &now.0 {
+        return Action::await_change();
+    }
+    let left = until.duration_since(now.0).unsigned_abs();
+    let recheck = match decision {
+        Decision::Deny {
+            reason: "ConsumerNamespaceNotFound" | "ProviderNotFound",
+            ..
+        } => Duration::from_secs(30),
+        Decision::Deny {
+            phase: ConnectionPhase::Suspended | ConnectionPhase::Denied,
+            ..
+        } => Duration::from_secs(3600),
+        _ => Duration::from_secs(300),
+    };
+    // A little after the instant, so the check itself sees the connection expired.
+    Action::requeue(left.min(recheck) + Duration::from_millis(200))
+}
+
+/// A superuser session on the provider's application database.
+async fn provider_session(
+    ctx: &Context,
+    provider: &SectorDatabase,
+) -> Result<std::result::Result<tokio_postgres::Client, String>> {
+    let namespace = provider.namespace().unwrap_or_default();
+    let endpoint = provider
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.as_ref()?.read_write.clone());
+    let Some(endpoint) = endpoint else {
+        return Ok(Err("the provider has no endpoint yet".into()));
+    };
+    let Some(addr) = endpoint
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+    else {
+        return Ok(Err("the provider's Service has no ClusterIP".into()));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let superuser = secrets
+        .get_opt(&dataplane::names(&provider.name_any()).superuser)
+        .await?;
+    let Some(password) = superuser
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok())
+    else {
+        return Ok(Err("the provider's superuser Secret is missing".into()));
+    };
+    let ca = operator_ca(ctx).await?;
+    let target = sql::Target {
+        host: &endpoint.host,
+        addr,
+        port: PORT as u16,
+        user: "postgres",
+        password: &password,
+        ca_pem: &ca.cert_pem,
+    };
+    Ok(sql::connect(&target, &provider.spec.database.name)
+        .await
+        .map_err(|e| e.to_string()))
+}
+
+/// Grants access and delivers the credentials. Side effects live here and in `revoke_access`.
+async fn grant_access(
+    ctx: &Context,
+    conn: &DataSharingConnection,
+    provider: &SectorDatabase,
+    tables: Vec<GrantedTable>,
+) -> Result<Outcome> {
+    let role = sharing_sql::role_name(&conn.uid().unwrap_or_default());
+    let session = match provider_session(ctx, provider).await? {
+        Ok(session) => session,
+        Err(error) => {
+            return Ok(Outcome::GrantFailed(format!(
+                "cannot reach the provider database: {error}"
+            )));
         }
     };
-    let databases: Api<SectorDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
-    let provider = databases.get_opt(&conn.spec.provider.database).await?;
+    let consumer_secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &conn.spec.consumer.namespace);
+    let name = sharing::secret_name(conn);
+    let existing = consumer_secrets.get_opt(&name).await?;
+    let known = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok());
+    let password = known.clone().unwrap_or_else(|| pki::password(32));
+    let grant = sharing_sql::Grant {
+        role: &role,
+        password: &password,
+        connection_limit: conn.spec.connection_limit,
+        database: &provider.spec.database.name,
+        tables: &tables,
+        set_password: known.is_none(),
+    };
+    if let Err(error) = sharing_sql::grant(&session, &grant).await {
+        return Ok(Outcome::GrantFailed(format!(
+            "PostgreSQL refused the grant: {error}"
+        )));
+    }
+    let rw = provider
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.as_ref()?.read_write.clone())
+        .unwrap_or_default();
+    let host_addr = rw.cluster_ip.unwrap_or_default();
+    let endpoint = dataplane::Endpoint {
+        host: &rw.host,
+        host_addr: &host_addr,
+        database: &provider.spec.database.name,
+    };
+    let ca = operator_ca(ctx).await?;
+    apply_child(
+        ctx,
+        CONTROLLER,
+        &consumer_secrets,
+        sharing::consumer_secret(conn, &endpoint, &role, &password, &ca.cert_pem),
+    )
+    .await?;
+    let policies: Api<NetworkPolicy> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    apply_child(
+        ctx,
+        CONTROLLER,
+        &policies,
+        sharing::network_policy(conn, provider),
+    )
+    .await?;
+    let secret = SecretRef {
+        namespace: conn.spec.consumer.namespace.clone(),
+        name,
+    };
+    Ok(Outcome::Granted {
+        role,
+        tables,
+        secret,
+    })
+}
+
+/// Revokes in PostgreSQL (when the provider is there to ask), deletes the consumer's Secret and
+/// closes the network path. Safe to run when nothing was ever granted.
+async fn revoke_access(
+    ctx: &Context,
+    conn: &DataSharingConnection,
+    provider: Option<&SectorDatabase>,
+) -> Result<()> {
+    let role = sharing_sql::role_name(&conn.uid().unwrap_or_default());
+    if let Some(provider) = provider {
+        match provider_session(ctx, provider).await? {
+            Ok(session) => sharing_sql::revoke(&session, &role, &provider.spec.database.name)
+                .await
+                .map_err(|e| Error::Sql(e.to_string()))?,
+            Err(error) => {
+                tracing::warn!(%error, role, "provider unreachable: the role could not be revoked in PostgreSQL")
+            }
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &conn.spec.consumer.namespace);
+    let name = sharing::secret_name(conn);
+    if secrets
+        .get_opt(&name)
+        .await?
+        .is_some_and(|s| s.labels().get(sharing::CONNECTION_UID_LABEL) == conn.uid().as_ref())
+    {
+        secrets.delete(&name, &DeleteParams::default()).await?;
+        ctx.metrics.write(CONTROLLER, "Secret");
+    }
+    let policies: Api<NetworkPolicy> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    if policies
+        .get_opt(&format!("dsc-{}", conn.name_any()))
+        .await?
+        .is_some()
+    {
+        policies
+            .delete(
+                &format!("dsc-{}", conn.name_any()),
+                &DeleteParams::default(),
+            )
+            .await?;
+        ctx.metrics.write(CONTROLLER, "NetworkPolicy");
+    }
+    Ok(())
+}
+
+/// The audit line for a grant or a revocation: a log record a SOC can correlate by UID.
+fn audit(
+    conn: &DataSharingConnection,
+    provider: Option<&SectorDatabase>,
+    action: &str,
+    detail: &str,
+) {
+    tracing::info!(
+        audit = action,
+        connection_uid = %conn.uid().unwrap_or_default(),
+        connection = %conn.name_any(),
+        provider_namespace = %conn.namespace().unwrap_or_default(),
+        provider_database = %conn.spec.provider.database,
+        provider_agency = %provider.map(|p| p.spec.agency.code.as_str()).unwrap_or(""),
+        consumer_namespace = %conn.spec.consumer.namespace,
+        consumer_agency = %conn.spec.consumer.agency.code,
+        purpose = %conn.spec.purpose,
+        legal_basis = %conn.spec.legal_basis,
+        detail,
+        "data sharing {action}"
+    );
+}
+
+async fn read_provider(
+    ctx: &Context,
+    conn: &DataSharingConnection,
+) -> Result<Option<SectorDatabase>> {
+    let databases: Api<SectorDatabase> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    Ok(databases.get_opt(&conn.spec.provider.database).await?)
+}
+
+async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: &Context) -> Result<Action> {
+    let api: Api<DataSharingConnection> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let provider = read_provider(ctx, &conn).await?;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let consumer_namespace_exists = namespaces
         .get_opt(&conn.spec.consumer.namespace)
@@ -175,17 +471,98 @@ async fn reconcile(
         consumer_namespace_exists,
         now: &now,
     };
-    let (status, action) = desired_status(conn, &facts);
-    write_status(&ctx, CONTROLLER, &api, conn, &status).await?;
-    let previous = conn
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
-        announce(&ctx, conn, previous, ready).await;
+    let decision = decide(&conn, &facts);
+    let previous = conn.status.clone().unwrap_or_default();
+    let was_granted = previous.granted_at.is_some() && previous.revoked_at.is_none();
+    let outcome = match (&decision, provider.as_ref()) {
+        (Decision::Grant(tables), Some(provider)) => {
+            grant_access(ctx, &conn, provider, tables.clone()).await?
+        }
+        (Decision::Deny { .. }, _) if was_granted || previous.role.is_some() => {
+            revoke_access(ctx, &conn, provider.as_ref()).await?;
+            Outcome::NotGranted
+        }
+        _ => Outcome::NotGranted,
+    };
+    let status = desired_status(&conn, &decision, &outcome, &now);
+    if status.granted_objects != previous.granted_objects
+        || status.revoked_at != previous.revoked_at
+    {
+        let (action, detail) = match &outcome {
+            Outcome::Granted { role, .. } => (
+                "grant",
+                format!("role {role}: {}", status.granted_objects.join(", ")),
+            ),
+            _ => (
+                "revoke",
+                status
+                    .conditions
+                    .first()
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        if action == "grant" || was_granted {
+            audit(&conn, provider.as_ref(), action, &detail);
+            let reason = if action == "grant" {
+                "Granted"
+            } else {
+                "Revoked"
+            };
+            event(ctx, &*conn, action != "grant", reason, detail).await;
+        }
     }
-    Ok(action)
+    write_status(ctx, CONTROLLER, &api, &conn, &status).await?;
+    if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
+        announce(ctx, &*conn, &previous.conditions, ready).await;
+    }
+    Ok(match outcome {
+        Outcome::GrantFailed(_) => Action::requeue(Duration::from_secs(10)),
+        _ => next_check(&conn, &decision, &now),
+    })
+}
+
+async fn cleanup(conn: Arc<DataSharingConnection>, ctx: &Context) -> Result<Action> {
+    let provider = read_provider(ctx, &conn).await?;
+    revoke_access(ctx, &conn, provider.as_ref()).await?;
+    audit(
+        &conn,
+        provider.as_ref(),
+        "revoke",
+        "the connection was deleted",
+    );
+    event(
+        ctx,
+        &*conn,
+        false,
+        "Revoked",
+        "the connection was deleted: access revoked".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<DataSharingConnection>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let namespace = guard.namespace().unwrap_or_default();
+    let api: Api<DataSharingConnection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let conn = match &guard.0 {
+        Ok(conn) => Arc::new(conn.clone()),
+        Err(invalid) => {
+            return report_undecodable(&ctx, CONTROLLER, &api, invalid, Some("Denied")).await;
+        }
+    };
+    finalizer(&api, FINALIZER, conn, |step| async {
+        match step {
+            Finalizer::Apply(conn) => apply_connection(conn, &ctx).await,
+            Finalizer::Cleanup(conn) => cleanup(conn, &ctx).await,
+        }
+    })
+    .await
+    .map_err(super::from_finalizer)
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
@@ -218,16 +595,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn conn(valid_until: &str, suspended: bool) -> DataSharingConnection {
+    fn conn(valid_until: &str, suspended: bool, mode: &str) -> DataSharingConnection {
+        let mut spec = json!({
+            "provider": {"database": "health-records", "dataset": "vaccinations"},
+            "consumer": {"agency": {"code": "000.00.20.H53", "name": "Labour"}, "namespace": "so-lao-dong"},
+            "purpose": "Verify eligibility for support", "legalBasis": "Decree 47/2020/ND-CP",
+            "validUntil": valid_until, "suspended": suspended, "mode": mode
+        });
+        if mode == "Replicate" {
+            spec["replicateInto"] = json!({"database": "w"});
+        }
         serde_json::from_value(json!({
             "apiVersion": "sectordb.io/v1alpha1", "kind": "DataSharingConnection",
-            "metadata": {"name": "c", "namespace": "so-y-te", "generation": 1},
-            "spec": {
-                "provider": {"database": "health-records", "dataset": "vaccinations"},
-                "consumer": {"agency": {"code": "000.00.20.H53", "name": "Labour"}, "namespace": "so-lao-dong"},
-                "purpose": "Verify eligibility for support", "legalBasis": "Decree 47/2020/ND-CP",
-                "validUntil": valid_until, "suspended": suspended
-            }
+            "metadata": {"name": "c", "namespace": "so-y-te", "generation": 1, "uid": "u-1"}, "spec": spec
         }))
         .unwrap()
     }
@@ -253,33 +633,34 @@ mod tests {
         Time(text.parse().unwrap())
     }
 
-    fn outcome(
+    fn decided(
         conn: &DataSharingConnection,
         provider: Option<&SectorDatabase>,
         ns: bool,
-    ) -> (ConnectionPhase, String, Action) {
+    ) -> (ConnectionPhase, &'static str) {
         let now = at("2026-11-23T00:00:00Z");
-        let (status, action) = desired_status(
+        match decide(
             conn,
             &Facts {
                 provider,
                 consumer_namespace_exists: ns,
                 now: &now,
             },
-        );
-        (
-            status.phase.unwrap(),
-            status.conditions[0].reason.clone(),
-            action,
-        )
+        ) {
+            Decision::Grant(_) => (ConnectionPhase::Active, "Grant"),
+            Decision::Deny { phase, reason, .. } => (phase, reason),
+        }
     }
 
     #[test]
     fn undeclared_dataset_is_denied() {
         let p = provider(json!([]), true);
-        let (phase, reason, _) = outcome(&conn("2027-01-01T00:00:00Z", false), Some(&p), true);
         assert_eq!(
-            (phase, reason.as_str()),
+            decided(
+                &conn("2027-01-01T00:00:00Z", false, "ReadOnly"),
+                Some(&p),
+                true
+            ),
             (ConnectionPhase::Denied, "DatasetNotDeclared")
         );
     }
@@ -287,25 +668,52 @@ mod tests {
     #[test]
     fn missing_consumer_namespace_is_denied() {
         let p = provider(vaccinations(), true);
-        let (phase, reason, _) = outcome(&conn("2027-01-01T00:00:00Z", false), Some(&p), false);
         assert_eq!(
-            (phase, reason.as_str()),
+            decided(
+                &conn("2027-01-01T00:00:00Z", false, "ReadOnly"),
+                Some(&p),
+                false
+            ),
             (ConnectionPhase::Denied, "ConsumerNamespaceNotFound")
         );
     }
 
     #[test]
-    fn provider_not_ready_keeps_the_connection_pending() {
+    fn provider_not_ready_or_missing_keeps_the_connection_pending() {
         let p = provider(vaccinations(), false);
-        let (phase, reason, _) = outcome(&conn("2027-01-01T00:00:00Z", false), Some(&p), true);
         assert_eq!(
-            (phase, reason.as_str()),
+            decided(
+                &conn("2027-01-01T00:00:00Z", false, "ReadOnly"),
+                Some(&p),
+                true
+            ),
             (ConnectionPhase::Pending, "ProviderNotReady")
         );
-        let (phase, reason, _) = outcome(&conn("2027-01-01T00:00:00Z", false), None, true);
         assert_eq!(
-            (phase, reason.as_str()),
+            decided(&conn("2027-01-01T00:00:00Z", false, "ReadOnly"), None, true),
             (ConnectionPhase::Pending, "ProviderNotFound")
+        );
+    }
+
+    #[test]
+    fn an_eligible_read_only_connection_is_granted_and_replicate_is_not_pretended() {
+        let p = provider(vaccinations(), true);
+        assert_eq!(
+            decided(
+                &conn("2027-01-01T00:00:00Z", false, "ReadOnly"),
+                Some(&p),
+                true
+            )
+            .1,
+            "Grant"
+        );
+        assert_eq!(
+            decided(
+                &conn("2027-01-01T00:00:00Z", false, "Replicate"),
+                Some(&p),
+                true
+            ),
+            (ConnectionPhase::Pending, "ReplicationNotSupported")
         );
     }
 
@@ -313,19 +721,84 @@ mod tests {
     fn past_valid_until_is_expired_and_suspended_is_suspended() {
         let p = provider(vaccinations(), true);
         assert_eq!(
-            outcome(&conn("2026-01-01T00:00:00Z", false), Some(&p), true).0,
+            decided(
+                &conn("2026-01-01T00:00:00Z", false, "ReadOnly"),
+                Some(&p),
+                true
+            )
+            .0,
             ConnectionPhase::Expired
         );
         assert_eq!(
-            outcome(&conn("2027-01-01T00:00:00Z", true), Some(&p), true).0,
+            decided(
+                &conn("2027-01-01T00:00:00Z", true, "ReadOnly"),
+                Some(&p),
+                true
+            )
+            .0,
             ConnectionPhase::Suspended
         );
     }
 
     #[test]
-    fn an_expiring_connection_is_rechecked_at_its_expiry() {
-        let p = provider(vaccinations(), false);
-        let (_, _, action) = outcome(&conn("2026-11-23T00:00:20Z", false), Some(&p), true);
-        assert_eq!(action, Action::requeue(Duration::from_secs(20)));
+    fn an_expiring_connection_is_rechecked_just_after_its_expiry() {
+        let c = conn("2026-11-23T00:00:20Z", false, "ReadOnly");
+        let now = at("2026-11-23T00:00:00Z");
+        let decision = decide(
+            &c,
+            &Facts {
+                provider: None,
+                consumer_namespace_exists: true,
+                now: &now,
+            },
+        );
+        assert_eq!(
+            next_check(&c, &decision, &now),
+            Action::requeue(Duration::from_millis(20_200))
+        );
+    }
+
+    #[test]
+    fn a_revoked_grant_records_when_and_keeps_the_role() {
+        let c = conn("2027-01-01T00:00:00Z", false, "ReadOnly");
+        let t = |s| at(s);
+        let tables = vec![GrantedTable {
+            schema: "public".into(),
+            table: "v".into(),
+            columns: vec!["id".into()],
+        }];
+        let secret = SecretRef {
+            namespace: "so-lao-dong".into(),
+            name: "c-credentials".into(),
+        };
+        let granted = desired_status(
+            &c,
+            &Decision::Grant(tables.clone()),
+            &Outcome::Granted {
+                role: "dsc_u1".into(),
+                tables,
+                secret,
+            },
+            &t("2026-11-23T00:00:00Z"),
+        );
+        assert_eq!(granted.phase, Some(ConnectionPhase::Active));
+        assert_eq!(granted.granted_objects, ["public.v(id)"]);
+        let mut later = c.clone();
+        later.status = Some(granted);
+        let gone = deny(
+            ConnectionPhase::Denied,
+            "DatasetNotDeclared",
+            "no longer declared",
+        );
+        let revoked = desired_status(
+            &later,
+            &gone,
+            &Outcome::NotGranted,
+            &t("2026-11-23T01:00:00Z"),
+        );
+        assert_eq!(revoked.phase, Some(ConnectionPhase::Revoked));
+        assert_eq!(revoked.revoked_at, Some(t("2026-11-23T01:00:00Z")));
+        assert_eq!(revoked.role.as_deref(), Some("dsc_u1"));
+        assert!(revoked.granted_objects.is_empty() && revoked.secret_ref.is_none());
     }
 }

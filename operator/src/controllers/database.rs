@@ -20,9 +20,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
-use super::{
-    Context, Error, Result, announce, apply_child, event, now, report_undecodable, write_status,
-};
+use super::{Context, Result, announce, apply_child, event, now, report_undecodable, write_status};
 use crate::api::SectorDatabase;
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
@@ -564,11 +562,7 @@ async fn reconcile(
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(super::from_finalizer)
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {

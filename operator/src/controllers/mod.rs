@@ -49,6 +49,8 @@ pub enum Error {
     MalformedCa(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("PostgreSQL: {0}")]
+    Sql(String),
 }
 
 impl Error {
@@ -58,11 +60,21 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Certificate(_) | Error::MalformedCa(_) => "CertificateError",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Sql(_) => "SqlError",
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The controller's own error out of `kube::runtime::finalizer`'s wrapper.
+pub fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
+    match error {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    }
+}
 
 /// The server-side apply field manager of a controller.
 pub fn field_manager(controller: &str) -> String {
