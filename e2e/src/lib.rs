@@ -2,10 +2,12 @@
 //! Every test works in namespaces of its own and removes them; every wait has a deadline.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource};
@@ -142,4 +144,36 @@ impl TestNamespace {
         .await?;
         Ok(())
     }
+}
+
+/// A value of a Secret as text.
+pub fn secret_text(secret: &Secret, key: &str) -> Result<String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("no {key} in the Secret"))?;
+    Ok(String::from_utf8(bytes.0.clone())?)
+}
+
+/// A TLS session as the app Secret describes it, verified against the Secret's CA.
+pub async fn connect_with(secret: &Secret) -> Result<tokio_postgres::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (host, addr, user, password, dbname, ca) = (
+        secret_text(secret, "host")?,
+        secret_text(secret, "hostaddr")?,
+        secret_text(secret, "user")?,
+        secret_text(secret, "password")?,
+        secret_text(secret, "dbname")?,
+        secret_text(secret, "ca.crt")?,
+    );
+    let target = sectordb::sql::Target {
+        host: &host,
+        addr: addr.parse::<IpAddr>()?,
+        port: secret_text(secret, "port")?.parse()?,
+        user: &user,
+        password: &password,
+        ca_pem: &ca,
+    };
+    Ok(sectordb::sql::connect(&target, &dbname).await?)
 }

@@ -13,7 +13,8 @@ use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    OPERATOR_NAMESPACE, TestNamespace, client, database, is_ready, poll, ready_reason, wait_for,
+    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, poll,
+    ready_reason, secret_text, wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -30,37 +31,6 @@ async fn create_ready(client: &Client, ns: &str, name: &str, level: i32) -> Resu
     wait_for(&api, name, READY_TIMEOUT, "Ready=True", is_ready)
         .await?
         .context("database vanished")
-}
-
-fn secret_text(secret: &Secret, key: &str) -> Result<String> {
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .with_context(|| format!("no {key} in the Secret"))?;
-    Ok(String::from_utf8(bytes.0.clone())?)
-}
-
-/// A TLS session as the app Secret describes it, verified against the Secret's CA.
-async fn connect_with(secret: &Secret) -> Result<tokio_postgres::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (host, addr, user, password, dbname, ca) = (
-        secret_text(secret, "host")?,
-        secret_text(secret, "hostaddr")?,
-        secret_text(secret, "user")?,
-        secret_text(secret, "password")?,
-        secret_text(secret, "dbname")?,
-        secret_text(secret, "ca.crt")?,
-    );
-    let target = sectordb::sql::Target {
-        host: &host,
-        addr: addr.parse::<IpAddr>()?,
-        port: secret_text(secret, "port")?.parse()?,
-        user: &user,
-        password: &password,
-        ca_pem: &ca,
-    };
-    Ok(sectordb::sql::connect(&target, &dbname).await?)
 }
 
 #[tokio::test]

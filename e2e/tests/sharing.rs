@@ -1,0 +1,343 @@
+//! DataSharingConnection end to end: a consumer agency reads what the provider declared and
+//! nothing else, over TLS with the delivered Secret, and loses access within seconds of
+//! deletion or expiry. Agencies cannot grant themselves access.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use sectordb::api::DataSharingConnection;
+use sectordb::api::SectorDatabase;
+use sectordb::api::connection::ConnectionPhase;
+use sectordb_e2e::{TestNamespace, client, connect_with, database, is_ready, poll, wait_for};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+struct Agencies {
+    provider: TestNamespace,
+    consumer: TestNamespace,
+}
+
+/// A provider agency with a Ready database that declares `vaccinations` (three of four columns)
+/// and holds rows, and a consumer agency.
+async fn agencies(client: &Client, name: &str) -> Result<Agencies> {
+    let provider = TestNamespace::create(client, &format!("{name}-p")).await?;
+    let consumer = TestNamespace::create(client, &format!("{name}-c")).await?;
+    let mut db = database("records", 3);
+    db["spec"]["sharing"] = json!({"datasets": [{"name": "vaccinations", "tables": [
+        {"schema": "public", "name": "vaccination_records", "columns": ["id", "district", "vaccine"]}]}]});
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &provider.name);
+    api.create(&PostParams::default(), &serde_json::from_value(db)?)
+        .await?;
+    wait_for(&api, "records", READY_TIMEOUT, "provider Ready", is_ready).await?;
+    let app = Api::<Secret>::namespaced(client.clone(), &provider.name)
+        .get("records-app")
+        .await?;
+    connect_with(&app)
+        .await?
+        .batch_execute(
+            "CREATE TABLE vaccination_records (id int, district text, vaccine text, patient_name text);
+             INSERT INTO vaccination_records VALUES (1, 'Ba Dinh', 'MMR', 'Nguyen Van A');
+             CREATE TABLE diagnoses (id int);",
+        )
+        .await?;
+    Ok(Agencies { provider, consumer })
+}
+
+fn connection(
+    name: &str,
+    consumer: &str,
+    valid_until: &str,
+    dataset: &str,
+) -> Result<DataSharingConnection> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "DataSharingConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": {"database": "records", "dataset": dataset},
+            "consumer": {"agency": {"code": "000.00.20.H53", "name": "Department of Labour"}, "namespace": consumer},
+            "mode": "ReadOnly",
+            "purpose": "Verify eligibility for social support payments",
+            "legalBasis": "Decree 47/2020/ND-CP, art. 22",
+            "validUntil": valid_until,
+            "connectionLimit": 3
+        }
+    }))?)
+}
+
+fn phase(c: Option<&DataSharingConnection>) -> Option<ConnectionPhase> {
+    c?.status.as_ref()?.phase
+}
+
+async fn grant(
+    client: &Client,
+    a: &Agencies,
+    name: &str,
+    valid_until: &str,
+) -> Result<(DataSharingConnection, Secret)> {
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &connection(name, &a.consumer.name, valid_until, "vaccinations")?,
+    )
+    .await?;
+    let conn = wait_for(&api, name, Duration::from_secs(90), "Active", |c| {
+        phase(c) == Some(ConnectionPhase::Active)
+    })
+    .await?
+    .context("connection vanished")?;
+    let secret_name = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_ref.as_ref())
+        .context("no secretRef")?
+        .name
+        .clone();
+    let secret = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get(&secret_name)
+        .await?;
+    Ok((conn, secret))
+}
+
+fn denied(result: std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>) -> bool {
+    result
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code() == "42501"))
+        .unwrap_or(false)
+}
+
+async fn cleanup(a: Agencies) -> Result<()> {
+    a.provider.delete().await?;
+    a.consumer.delete().await
+}
+
+#[tokio::test]
+async fn a_consumer_reads_the_granted_columns_and_nothing_else() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "share").await?;
+    let (conn, secret) = grant(&client, &a, "vax", "2027-12-31T00:00:00Z").await?;
+    let status = conn.status.context("no status")?;
+    assert_eq!(
+        status.granted_objects,
+        ["public.vaccination_records(id,district,vaccine)"]
+    );
+    assert!(
+        status
+            .role
+            .as_deref()
+            .is_some_and(|r| r.starts_with("dsc_"))
+    );
+    assert!(status.granted_at.is_some());
+
+    let session = connect_with(&secret).await?;
+    let rows = session
+        .query("SELECT id, district, vaccine FROM vaccination_records", &[])
+        .await?;
+    assert_eq!(rows.len(), 1);
+    assert!(
+        denied(
+            session
+                .query("SELECT patient_name FROM vaccination_records", &[])
+                .await
+        ),
+        "undeclared column"
+    );
+    assert!(
+        denied(session.query("SELECT * FROM diagnoses", &[]).await),
+        "another table"
+    );
+    assert!(
+        denied(
+            session
+                .query(
+                    "INSERT INTO vaccination_records (id) VALUES (2) RETURNING id",
+                    &[]
+                )
+                .await
+        ),
+        "writing"
+    );
+    assert!(
+        denied(session.query("CREATE TABLE mine (id int)", &[]).await),
+        "creating objects"
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &a.provider.name);
+    poll(Duration::from_secs(30), "a Granted Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Granted"))
+    })
+    .await?;
+    cleanup(a).await
+}
+
+#[tokio::test]
+async fn deleting_a_connection_revokes_access_within_five_seconds() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "revoke").await?;
+    let (conn, secret) = grant(&client, &a, "vax", "2027-12-31T00:00:00Z").await?;
+    let role = conn.status.and_then(|s| s.role).context("no role")?;
+    let open = connect_with(&secret).await?;
+    open.query("SELECT id FROM vaccination_records", &[])
+        .await?;
+
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    let started = Instant::now();
+    api.delete("vax", &DeleteParams::default()).await?;
+    poll(
+        Duration::from_secs(5),
+        "the open session terminated and new logins refused",
+        || async {
+            (open.query("SELECT 1", &[]).await.is_err() && connect_with(&secret).await.is_err())
+                .then_some(())
+        },
+    )
+    .await?;
+    let revoked_in = started.elapsed();
+    wait_for(
+        &api,
+        "vax",
+        Duration::from_secs(30),
+        "connection gone",
+        |c| c.is_none(),
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &a.consumer.name);
+    assert!(
+        secrets
+            .get_opt(&secret.metadata.name.clone().unwrap())
+            .await?
+            .is_none(),
+        "the consumer's Secret remains"
+    );
+    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-superuser")
+        .await?;
+    let su = connect_with(&superuser).await?;
+    let login: bool = su
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .get(0);
+    assert!(!login, "the role is kept NOLOGIN");
+    println!("revocation: delete -> session terminated and login refused in {revoked_in:?}");
+    cleanup(a).await
+}
+
+#[tokio::test]
+async fn a_connection_stops_working_when_it_expires() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "expiry").await?;
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
+    let until_text = until.round(jiff::Unit::Second)?.to_string();
+    let (_, secret) = grant(&client, &a, "vax", &until_text).await?;
+    connect_with(&secret)
+        .await?
+        .query("SELECT id FROM vaccination_records", &[])
+        .await?;
+    poll(
+        Duration::from_secs(40),
+        "login refused after validUntil",
+        || async { connect_with(&secret).await.is_err().then_some(()) },
+    )
+    .await?;
+    let late = jiff::Timestamp::now().duration_since(until.round(jiff::Unit::Second)?);
+    assert!(
+        late < jiff::SignedDuration::from_secs(5),
+        "access outlived validUntil by {late:?}"
+    );
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    wait_for(&api, "vax", Duration::from_secs(30), "Expired", |c| {
+        phase(c) == Some(ConnectionPhase::Expired)
+    })
+    .await?;
+    cleanup(a).await
+}
+
+#[tokio::test]
+async fn a_dataset_the_provider_did_not_declare_is_denied() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "deny").await?;
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &connection(
+            "diag",
+            &a.consumer.name,
+            "2027-12-31T00:00:00Z",
+            "diagnoses",
+        )?,
+    )
+    .await?;
+    let conn = wait_for(&api, "diag", Duration::from_secs(60), "Denied", |c| {
+        phase(c) == Some(ConnectionPhase::Denied)
+    })
+    .await?
+    .context("gone")?;
+    let ready = conn
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .context("no Ready")?;
+    assert_eq!(ready.reason, "DatasetNotDeclared");
+    assert!(ready.message.contains("spec.provider.dataset"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &a.consumer.name);
+    assert!(secrets.get_opt("diag-credentials").await?.is_none());
+    cleanup(a).await
+}
+
+#[tokio::test]
+async fn an_agency_admin_cannot_create_connections() -> Result<()> {
+    let client = client().await?;
+    let consumer = TestNamespace::create(&client, "rbac").await?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "agency-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sectordb-agency-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "labour-admin"}]
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &consumer.name)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    // The same user, through the apiserver's impersonation, as kubectl --as does.
+    let mut config = kube::Config::infer().await?;
+    config.auth_info.impersonate = Some("labour-admin".into());
+    let as_admin = Client::try_from(config)?;
+    // The binding works: the agency admin can manage SectorDatabases in its namespace...
+    let dbs: Api<SectorDatabase> = Api::namespaced(as_admin.clone(), &consumer.name);
+    dbs.list(&ListParams::default())
+        .await
+        .context("agency admin cannot list its own databases")?;
+    // ...but cannot grant itself access, in its namespace or any other.
+    for namespace in [consumer.name.as_str(), "default"] {
+        let api: Api<DataSharingConnection> = Api::namespaced(as_admin.clone(), namespace);
+        let attempt = api
+            .create(
+                &PostParams::default(),
+                &connection(
+                    "self-grant",
+                    &consumer.name,
+                    "2027-12-31T00:00:00Z",
+                    "vaccinations",
+                )?,
+            )
+            .await;
+        assert!(
+            matches!(attempt, Err(kube::Error::Api(ref s)) if s.code == 403),
+            "{namespace}: {attempt:?}"
+        );
+    }
+    consumer.delete().await
+}
