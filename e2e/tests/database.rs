@@ -303,6 +303,71 @@ async fn storage_growth_the_class_refuses_is_reported() -> Result<()> {
 }
 
 #[tokio::test]
+async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "params").await?;
+    create_ready(&client, &ns.name, "tuned", 2).await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let superuser = Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .get("tuned-superuser")
+        .await?;
+    let patch =
+        json!({"spec": {"postgres": {"parameters": {"work_mem": "8MB", "max_connections": "50"}}}});
+    api.patch("tuned", &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    // work_mem reloads in place; max_connections needs a restart, which the config digest in
+    // the pod template triggers.
+    poll(
+        Duration::from_secs(180),
+        "both parameters in force",
+        || async {
+            let session = connect_with(&superuser).await.ok()?;
+            let work_mem: String = session.query_one("SHOW work_mem", &[]).await.ok()?.get(0);
+            let max: String = session
+                .query_one("SHOW max_connections", &[])
+                .await
+                .ok()?
+                .get(0);
+            (work_mem == "8MB" && max == "50").then_some(())
+        },
+    )
+    .await?;
+    wait_for(
+        &api,
+        "tuned",
+        READY_TIMEOUT,
+        "Ready with the new parameters",
+        is_ready,
+    )
+    .await?;
+    // A parameter outside the allow-list is InvalidSpec, and the running server keeps its settings.
+    let bad = json!({"spec": {"postgres": {"parameters": {"ssl": "off"}}}});
+    api.patch("tuned", &PatchParams::default(), &Patch::Merge(bad))
+        .await?;
+    let db = wait_for(
+        &api,
+        "tuned",
+        Duration::from_secs(60),
+        "InvalidSpec",
+        |db| ready_reason(db).is_some_and(|r| r.1 == "InvalidSpec"),
+    )
+    .await?;
+    assert!(
+        ready_reason(db.as_ref())
+            .unwrap()
+            .2
+            .contains("spec.postgres.parameters.ssl")
+    );
+    let ssl: String = connect_with(&superuser)
+        .await?
+        .query_one("SHOW ssl", &[])
+        .await?
+        .get(0);
+    assert_eq!(ssl, "on");
+    ns.delete().await
+}
+
+#[tokio::test]
 async fn zz_an_operator_killed_while_provisioning_finishes_without_duplicates() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "killed").await?;
