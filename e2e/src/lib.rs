@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use sectordb::api::SectorDatabase;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -176,4 +176,29 @@ pub async fn connect_with(secret: &Secret) -> Result<tokio_postgres::Client> {
         ca_pem: &ca,
     };
     Ok(sectordb::sql::connect(&target, &dbname).await?)
+}
+
+/// The operator pod that is not being deleted.
+pub async fn operator_pod(client: &Client) -> Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
+        .await?;
+    list.items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .context("no operator pod")
+}
+
+/// What the operator pod's /readyz answers.
+pub async fn operator_ready(client: &Client) -> Result<String> {
+    let pod = operator_pod(client).await?;
+    let readyz = proxy_get(
+        client,
+        OPERATOR_NAMESPACE,
+        &format!("pods/{}:8080", pod.name_any()),
+        "/readyz",
+    )
+    .await?;
+    Ok(readyz)
 }

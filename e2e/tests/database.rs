@@ -4,8 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -13,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, poll,
-    ready_reason, secret_text, wait_for,
+    TestNamespace, client, connect_with, database, is_ready, poll, ready_reason, secret_text,
+    wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -364,106 +363,5 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
         .await?
         .get(0);
     assert_eq!(ssl, "on");
-    ns.delete().await
-}
-
-#[tokio::test]
-async fn zz_an_operator_killed_while_provisioning_finishes_without_duplicates() -> Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "killed").await?;
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("interrupted", 2))?,
-    )
-    .await?;
-    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    // Kill the operator as soon as it has started on the database.
-    wait_for(
-        &api,
-        "interrupted",
-        Duration::from_secs(60),
-        "provisioning started",
-        |db| db.and_then(|d| d.status.as_ref()).is_some(),
-    )
-    .await?;
-    let list = operator_pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
-        .await?;
-    for pod in list {
-        operator_pods
-            .delete(
-                &pod.name_any(),
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await?;
-    }
-    wait_for(
-        &api,
-        "interrupted",
-        Duration::from_secs(240),
-        "Ready=True after the restart",
-        is_ready,
-    )
-    .await?;
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
-    assert_eq!(
-        statefulsets.list(&ListParams::default()).await?.items.len(),
-        1
-    );
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let names: Vec<String> = secrets
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=interrupted"))
-        .await?
-        .iter()
-        .map(|s| s.name_any())
-        .collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(
-        sorted,
-        [
-            "interrupted-app",
-            "interrupted-ca",
-            "interrupted-server-tls",
-            "interrupted-superuser"
-        ]
-    );
-    let superuser = secrets.get("interrupted-superuser").await?;
-    let session = connect_with(&superuser).await?;
-    let roles: i64 = session
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'app'", &[])
-        .await?
-        .get(0);
-    let dbs: i64 = session
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = 'health'",
-            &[],
-        )
-        .await?
-        .get(0);
-    if (roles, dbs) != (1, 1) {
-        bail!("expected one role and one database, found {roles} and {dbs}");
-    }
-    // Wait until the operator is back before the next test.
-    poll(Duration::from_secs(120), "operator ready again", || async {
-        let pods = operator_pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
-            .await
-            .ok()?;
-        pods.items
-            .iter()
-            .any(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .then_some(())
-    })
-    .await?;
     ns.delete().await
 }

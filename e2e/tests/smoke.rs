@@ -7,45 +7,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Api;
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, database, observed_current, poll,
-    proxy_get, ready_reason, wait_for,
+    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, database, observed_current,
+    operator_ready, proxy_get, ready_reason, wait_for,
 };
 use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-async fn operator_pod(client: &Client) -> Result<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let list = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
-        .await?;
-    list.items
-        .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .context("no operator pod")
-}
-
-async fn operator_ready(client: &Client) -> Result<String> {
-    let pod = operator_pod(client).await?;
-    let readyz = proxy_get(
-        client,
-        OPERATOR_NAMESPACE,
-        &format!("pods/{}:8080", pod.name_any()),
-        "/readyz",
-    )
-    .await?;
-    Ok(readyz)
-}
 
 #[tokio::test]
 async fn chart_installs_a_ready_operator_with_established_crds() -> Result<()> {
@@ -211,69 +184,4 @@ async fn metrics_are_served() -> Result<()> {
         "{metrics}"
     );
     Ok(())
-}
-
-#[tokio::test]
-async fn zz_operator_survives_losing_its_pod_and_the_lease_moves() -> Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "failover").await?;
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("steady", 2))?,
-    )
-    .await?;
-    let before = wait_for(&api, "steady", MINUTE, "status written", observed_current)
-        .await?
-        .context("gone")?;
-
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let holder = |l: Option<&Lease>| l.and_then(|l| l.spec.as_ref()?.holder_identity.clone());
-    let old = operator_pod(&client).await?.name_any();
-    assert_eq!(
-        holder(leases.get_opt(OPERATOR_NAME).await?.as_ref()),
-        Some(old.clone())
-    );
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    pods.delete(&old, &DeleteParams::default()).await?;
-    let lease = wait_for(&leases, OPERATOR_NAME, 2 * MINUTE, "a new holder", |l| {
-        holder(l).is_some_and(|h| h != old)
-    })
-    .await?;
-    let new = holder(lease.as_ref()).unwrap();
-    poll(2 * MINUTE, "the new operator pod ready", || async {
-        (operator_pod(&client).await.ok()?.name_any() == new
-            && operator_ready(&client).await.ok()? == "ready")
-            .then_some(())
-    })
-    .await?;
-
-    // The new leader reconciles what exists without rewriting it: a no-op reconcile writes nothing.
-    poll(
-        MINUTE,
-        "the new operator has reconciled databases",
-        || async {
-            let m = proxy_get(
-                &client,
-                OPERATOR_NAMESPACE,
-                &format!("pods/{new}:8080"),
-                "/metrics",
-            )
-            .await
-            .ok()?;
-            m.lines()
-                .find(|l| l.starts_with("sectordb_reconciles_total{controller=\"database\"}"))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .filter(|n| *n >= 1.0)
-        },
-    )
-    .await?;
-    let after = api.get("steady").await?;
-    assert_eq!(
-        after.resource_version(),
-        before.resource_version(),
-        "a no-op reconcile rewrote the status"
-    );
-    ns.delete().await
 }
