@@ -13,15 +13,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DeleteParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
-use super::{
-    Context, Error, Result, announce, apply_child, event, now, report_undecodable, write_status,
-};
+use super::{Context, Error, Result, announce, apply_child, event, now, write_status};
 use crate::api::connection::{
     ConnectionPhase, DataSharingConnectionStatus, SecretRef, SharingMode,
 };
@@ -456,7 +453,8 @@ async fn read_provider(
     Ok(databases.get_opt(&conn.spec.provider.database).await?)
 }
 
-async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: &Context) -> Result<Action> {
+async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -> Result<Action> {
+    let ctx = &*ctx;
     let api: Api<DataSharingConnection> =
         Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let provider = read_provider(ctx, &conn).await?;
@@ -522,7 +520,8 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: &Context) -> Re
     })
 }
 
-async fn cleanup(conn: Arc<DataSharingConnection>, ctx: &Context) -> Result<Action> {
+async fn cleanup(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -> Result<Action> {
+    let ctx = &*ctx;
     let provider = read_provider(ctx, &conn).await?;
     revoke_access(ctx, &conn, provider.as_ref()).await?;
     audit(
@@ -546,23 +545,16 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<DataSharingConnection>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let namespace = guard.namespace().unwrap_or_default();
-    let api: Api<DataSharingConnection> = Api::namespaced(ctx.client.clone(), &namespace);
-    let conn = match &guard.0 {
-        Ok(conn) => Arc::new(conn.clone()),
-        Err(invalid) => {
-            return report_undecodable(&ctx, CONTROLLER, &api, invalid, Some("Denied")).await;
-        }
-    };
-    finalizer(&api, FINALIZER, conn, |step| async {
-        match step {
-            Finalizer::Apply(conn) => apply_connection(conn, &ctx).await,
-            Finalizer::Cleanup(conn) => cleanup(conn, &ctx).await,
-        }
-    })
+    super::reconcile_namespaced(
+        guard,
+        ctx,
+        CONTROLLER,
+        FINALIZER,
+        "Denied",
+        apply_connection,
+        cleanup,
+    )
     .await
-    .map_err(super::from_finalizer)
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {

@@ -15,12 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
-use super::{Context, Result, announce, apply_child, event, now, report_undecodable, write_status};
+use super::{Context, Result, announce, apply_child, event, now, write_status};
 use crate::api::SectorDatabase;
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
@@ -467,7 +466,8 @@ async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<String>>
     Ok(warnings)
 }
 
-async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
+async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
+    let ctx = &*ctx;
     let api: Api<SectorDatabase> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let pinned = db.status.as_ref().and_then(|s| s.pinned.as_ref());
@@ -501,7 +501,8 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action
 
 /// Deletion: the StatefulSet and the rest go by owner reference; the volumes stay unless
 /// `deletionPolicy: Delete`.
-async fn cleanup(db: Arc<SectorDatabase>, ctx: &Context) -> Result<Action> {
+async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
+    let ctx = &*ctx;
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let selector = format!("app.kubernetes.io/instance={}", db.name_any());
@@ -546,23 +547,16 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<SectorDatabase>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let namespace = guard.namespace().unwrap_or_default();
-    let api: Api<SectorDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
-    let db = match &guard.0 {
-        Ok(db) => Arc::new(db.clone()),
-        Err(invalid) => {
-            return report_undecodable(&ctx, CONTROLLER, &api, invalid, Some("Failed")).await;
-        }
-    };
-    finalizer(&api, FINALIZER, db, |step| async {
-        match step {
-            Finalizer::Apply(db) => apply_database(db, &ctx).await,
-            Finalizer::Cleanup(db) => cleanup(db, &ctx).await,
-        }
-    })
+    super::reconcile_namespaced(
+        guard,
+        ctx,
+        CONTROLLER,
+        FINALIZER,
+        "Failed",
+        apply_database,
+        cleanup,
+    )
     .await
-    .map_err(super::from_finalizer)
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {

@@ -10,11 +10,13 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::core::{DeserializeGuard, object::HasStatus};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,8 +69,53 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The shared first steps of a namespaced controller's reconcile: decode the object (reporting
+/// one that does not decode as InvalidSpec, with `undecodable_phase`), then run `apply`, or
+/// `cleanup` once the object is being deleted, under the controller's finalizer.
+pub async fn reconcile_namespaced<K, A, AF, C, CF>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    finalizer_name: &str,
+    undecodable_phase: &str,
+    apply: A,
+    cleanup: C,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
+    AF: Future<Output = Result<Action>>,
+    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
+    CF: Future<Output = Result<Action>>,
+{
+    let _timer = ctx.metrics.reconcile(controller);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &guard.namespace().unwrap_or_default());
+    let obj = match &guard.0 {
+        Ok(obj) => Arc::new(obj.clone()),
+        Err(invalid) => {
+            return report_undecodable(&ctx, controller, &api, invalid, Some(undecodable_phase))
+                .await;
+        }
+    };
+    finalizer(&api, finalizer_name, obj, |step| async move {
+        match step {
+            Finalizer::Apply(obj) => apply(obj, ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(obj, ctx).await,
+        }
+    })
+    .await
+    .map_err(from_finalizer)
+}
+
 /// The controller's own error out of `kube::runtime::finalizer`'s wrapper.
-pub fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
+fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
     match error {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
