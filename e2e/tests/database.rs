@@ -365,3 +365,114 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
     assert_eq!(ssl, "on");
     ns.delete().await
 }
+
+/// The app Secret pointed at another Service (its DNS name and ClusterIP).
+fn secret_for(app: &Secret, endpoint: &sectordb::api::database::Endpoint) -> Secret {
+    let mut secret = app.clone();
+    let data = secret.data.get_or_insert_with(Default::default);
+    for (key, value) in [
+        ("host", endpoint.host.clone()),
+        ("hostaddr", endpoint.cluster_ip.clone().unwrap_or_default()),
+    ] {
+        data.insert(key.into(), k8s_openapi::ByteString(value.into_bytes()));
+    }
+    secret
+}
+
+#[tokio::test]
+async fn a_standby_streams_from_the_primary_behind_the_read_only_service() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "replicas").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = database("pair", 2);
+    manifest["spec"]["instances"] = json!(2);
+    api.create(&PostParams::default(), &serde_json::from_value(manifest)?)
+        .await?;
+    let db = wait_for(
+        &api,
+        "pair",
+        READY_TIMEOUT,
+        "Ready with 2 of 2 instances",
+        |db| {
+            is_ready(db)
+                && db.and_then(|d| d.status.as_ref()?.instances.clone())
+                    == Some(sectordb::api::database::InstanceCounts {
+                        desired: 2,
+                        ready: 2,
+                    })
+        },
+    )
+    .await?
+    .context("database vanished")?;
+    let status = db.status.context("no status")?;
+    assert_eq!(status.phase, Some(DatabasePhase::Ready));
+    let endpoints = status.endpoints.context("no endpoints")?;
+    let ro = endpoints.read_only.context("no read-only endpoint")?;
+    assert_eq!(ro.host, format!("pair-ro.{}.svc", ns.name));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let app = secrets.get("pair-app").await?;
+    let primary = connect_with(&app).await?;
+    primary
+        .batch_execute("CREATE TABLE visits (id int); INSERT INTO visits VALUES (1), (2), (3)")
+        .await?;
+
+    // The read-only Service reaches the standby over verified TLS (the certificate names it), and
+    // the rows written on the primary arrive there.
+    let replica_secret = secret_for(&app, &ro);
+    let rows = poll(Duration::from_secs(30), "rows on the standby", || async {
+        let replica = connect_with(&replica_secret).await.ok()?;
+        let n: i64 = replica
+            .query_one("SELECT count(*) FROM visits", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 3).then_some(n)
+    })
+    .await?;
+    assert_eq!(rows, 3);
+    let replica = connect_with(&replica_secret).await?;
+    let in_recovery: bool = replica
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    assert!(
+        in_recovery,
+        "the read-only Service must not reach the primary"
+    );
+    let write = replica
+        .batch_execute("INSERT INTO visits VALUES (4)")
+        .await
+        .expect_err("a standby must refuse writes");
+    assert_eq!(
+        write.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "unexpected error: {write:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let standby = pods.get("pair-1").await?;
+    assert_eq!(
+        standby.labels().get("sectordb.io/role").map(String::as_str),
+        Some("replica")
+    );
+
+    // The primary is kept from voluntary eviction, with whichever policy API the cluster serves.
+    let mut found = None;
+    for version in ["v1", "v1beta1"] {
+        let gvk = kube::api::GroupVersionKind::gvk("policy", version, "PodDisruptionBudget");
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "poddisruptionbudgets");
+        let budgets: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns.name, &resource);
+        if let Ok(Some(pdb)) = budgets.get_opt("pair-primary").await {
+            found = Some(pdb);
+            break;
+        }
+    }
+    let pdb = found.context("no PodDisruptionBudget pair-primary")?;
+    assert_eq!(pdb.data["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb.data["spec"]["selector"]["matchLabels"]["statefulset.kubernetes.io/pod-name"],
+        "pair-0"
+    );
+    ns.delete().await
+}

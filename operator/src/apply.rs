@@ -24,7 +24,7 @@ fn digest<K: Serialize>(obj: &K) -> String {
 /// Returns the live object and whether a write happened.
 pub async fn apply<K>(api: &Api<K>, manager: &str, mut desired: K) -> Result<(K, bool), kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.name_any();
     let want = digest(&desired);

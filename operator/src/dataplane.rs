@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -19,17 +20,24 @@ pub const POSTGRES_UID: i64 = 100;
 pub const POSTGRES_GID: i64 = 102;
 pub const DATA_DIR: &str = "/var/lib/postgresql/data";
 const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// The role standbys stream as; its password lives in the `<db>-replication` Secret.
+pub const REPLICATION_USER: &str = "streaming_replica";
+/// Pod label the operator keeps on each instance: `primary` (ordinal 0) or `replica`.
+pub const ROLE_LABEL: &str = "sectordb.io/role";
 
 /// Names of everything a database owns.
 pub struct Names {
     pub statefulset: String,
     pub headless: String,
     pub read_write: String,
+    pub read_only: String,
     pub config: String,
     pub server_tls: String,
     pub ca: String,
     pub app: String,
     pub superuser: String,
+    pub replication: String,
+    pub disruption_budget: String,
 }
 
 pub fn names(db: &str) -> Names {
@@ -37,11 +45,14 @@ pub fn names(db: &str) -> Names {
         statefulset: db.to_string(),
         headless: format!("{db}-hl"),
         read_write: format!("{db}-rw"),
+        read_only: format!("{db}-ro"),
         config: format!("{db}-config"),
         server_tls: format!("{db}-server-tls"),
         ca: format!("{db}-ca"),
         app: format!("{db}-app"),
         superuser: format!("{db}-superuser"),
+        replication: format!("{db}-replication"),
+        disruption_budget: format!("{db}-primary"),
     }
 }
 
@@ -117,19 +128,41 @@ pub fn config_hash(config: &ConfigMap) -> String {
         .collect()
 }
 
-/// The read-write Service (the primary) and the headless Service the StatefulSet needs.
+/// Labels that select the primary's pod.
+fn primary_selector(db: &SectorDatabase) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(db);
+    labels.insert(
+        "statefulset.kubernetes.io/pod-name".into(),
+        format!("{}-0", names(&db.name_any()).statefulset),
+    );
+    labels
+}
+
+/// The role an instance has: ordinal 0 is the primary, the others stream from it. Failover is not
+/// implemented, so the role follows the ordinal.
+pub fn role_of(pod_name: &str) -> &'static str {
+    match pod_name.rsplit_once('-') {
+        Some((_, "0")) => "primary",
+        _ => "replica",
+    }
+}
+
+/// The read-write Service (the primary), the read-only Service (the streaming replicas) and the
+/// headless Service the StatefulSet needs.
 pub fn services(db: &SectorDatabase) -> Vec<Service> {
     let n = names(&db.name_any());
-    let mut primary = selector_labels(db);
-    primary.insert(
-        "statefulset.kubernetes.io/pod-name".into(),
-        format!("{}-0", n.statefulset),
-    );
+    let primary = primary_selector(db);
+    let mut replicas = selector_labels(db);
+    replicas.insert(ROLE_LABEL.into(), "replica".into());
     let port = json!([{"name": "postgres", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]);
     vec![
         from_json(json!({
             "apiVersion": "v1", "kind": "Service", "metadata": metadata(db, &n.read_write),
             "spec": {"type": "ClusterIP", "selector": primary, "ports": port}
+        })),
+        from_json(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(db, &n.read_only),
+            "spec": {"type": "ClusterIP", "selector": replicas, "ports": port}
         })),
         from_json(json!({
             "apiVersion": "v1", "kind": "Service", "metadata": metadata(db, &n.headless),
@@ -139,24 +172,48 @@ pub fn services(db: &SectorDatabase) -> Vec<Service> {
 }
 
 /// The StatefulSet running PostgreSQL. An init container running as root makes the volume and
-/// the TLS key PostgreSQL's (hostPath volumes ignore fsGroup); PostgreSQL itself runs as its own
-/// uid with a read-only root filesystem.
-pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str) -> StatefulSet {
+/// the TLS files PostgreSQL's (hostPath volumes ignore fsGroup); PostgreSQL itself runs as its own
+/// uid with a read-only root filesystem. Ordinal 0 initialises the primary; every other ordinal
+/// clones it with pg_basebackup over verified TLS and streams from `primary_addr` (the read-write
+/// ClusterIP: the local cluster has no DNS, and the server certificate names that address).
+pub fn stateful_set(
+    db: &SectorDatabase,
+    settings: &Settings,
+    config_hash: &str,
+    primary_addr: &str,
+) -> StatefulSet {
     let n = names(&db.name_any());
     let prepare = format!(
         "set -eu\n\
          chown {POSTGRES_UID}:{POSTGRES_GID} {DATA_DIR} && chmod 0700 {DATA_DIR}\n\
          install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0600 /secrets/tls/tls.key {TLS_DIR}/tls.key\n\
-         install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0644 /secrets/tls/tls.crt {TLS_DIR}/tls.crt\n"
+         install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0644 /secrets/tls/tls.crt {TLS_DIR}/tls.crt\n\
+         install -o {POSTGRES_UID} -g {POSTGRES_GID} -m 0644 /secrets/tls/ca.crt {TLS_DIR}/ca.crt\n"
     );
     let start = format!(
         "set -eu\n\
          export PGDATA={PGDATA}\n\
-         if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
-           initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
-             --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+         if [ \"${{POD_NAME##*-}}\" = 0 ]; then\n\
+           if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
+             initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
+               --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+           fi\n\
+           exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf\n\
          fi\n\
-         exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf\n"
+         printf '*:*:*:{REPLICATION_USER}:%s\\n' \"$(cat /secrets/replication/password)\" >/tmp/pgpass\n\
+         chmod 0600 /tmp/pgpass\n\
+         primary=\"host=$PRIMARY_ADDR port={PORT} user={REPLICATION_USER} passfile=/tmp/pgpass \\\n\
+           sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt application_name=$POD_NAME\"\n\
+         if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
+           rm -rf \"$PGDATA.clone\"\n\
+           until pg_basebackup -d \"$primary\" -D \"$PGDATA.clone\" -X stream -c fast; do\n\
+             rm -rf \"$PGDATA.clone\"; sleep 2\n\
+           done\n\
+           mv \"$PGDATA.clone\" \"$PGDATA\"\n\
+         fi\n\
+         touch \"$PGDATA/standby.signal\"\n\
+         exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf \\\n\
+           -c primary_conninfo=\"$primary\"\n"
     );
     let probe = |period: i32, failures: i32| {
         json!({
@@ -180,9 +237,7 @@ pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str)
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": metadata(db, &n.statefulset),
         "spec": {
-            // Replicas beyond the primary arrive with streaming replication; until then one pod
-            // runs and status reports the rest as not ready.
-            "replicas": 1,
+            "replicas": db.spec.instances,
             "serviceName": n.headless,
             "podManagementPolicy": "OrderedReady",
             "selector": {"matchLabels": selector_labels(db)},
@@ -212,6 +267,10 @@ pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str)
                         "name": "postgres",
                         "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
                         "command": ["sh", "-c", start],
+                        "env": [
+                            {"name": "PRIMARY_ADDR", "value": primary_addr},
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                        ],
                         "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
                         "securityContext": {
                             "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
@@ -227,6 +286,7 @@ pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str)
                             {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
                             {"name": "superuser", "mountPath": "/secrets/superuser", "readOnly": true},
+                            {"name": "replication", "mountPath": "/secrets/replication", "readOnly": true},
                             {"name": "run", "mountPath": SOCKET_DIR},
                             {"name": "tmp", "mountPath": "/tmp"}
                         ]
@@ -237,6 +297,7 @@ pub fn stateful_set(db: &SectorDatabase, settings: &Settings, config_hash: &str)
                         {"name": "config", "configMap": {"name": n.config}},
                         {"name": "superuser", "secret": {"secretName": n.superuser, "defaultMode": 0o444,
                             "items": [{"key": "password", "path": "password"}]}},
+                        {"name": "replication", "secret": {"secretName": n.replication, "defaultMode": 0o444}},
                         {"name": "run", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {}}
                     ]
@@ -314,8 +375,9 @@ pub fn credentials_secret(db: &SectorDatabase, name: &str, credentials: &Credent
     secret
 }
 
-/// A Secret with the server's certificate and key, or the CA certificate alone.
-pub fn tls_secret(db: &SectorDatabase, name: &str, files: &[(&str, &str)]) -> Secret {
+/// An Opaque Secret with the given keys: the server's certificate and key, the CA certificate, or
+/// the replication password.
+pub fn opaque_secret(db: &SectorDatabase, name: &str, files: &[(&str, &str)]) -> Secret {
     let mut secret: Secret = from_json(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(db, name), "type": "Opaque"}),
     );
@@ -328,16 +390,37 @@ pub fn tls_secret(db: &SectorDatabase, name: &str, files: &[(&str, &str)]) -> Se
     secret
 }
 
-/// The Service DNS names a server certificate must carry.
+/// The Service DNS names a server certificate must carry: every instance serves the same
+/// certificate, the primary behind the read-write Service and the replicas behind the read-only
+/// one.
 pub fn service_dns_names(db: &SectorDatabase) -> Vec<String> {
     let namespace = db.namespace().unwrap_or_default();
-    let service = names(&db.name_any()).read_write;
-    vec![
-        service.clone(),
-        format!("{service}.{namespace}"),
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-    ]
+    let n = names(&db.name_any());
+    [n.read_write, n.read_only]
+        .into_iter()
+        .flat_map(|service| {
+            [
+                service.clone(),
+                format!("{service}.{namespace}"),
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ]
+        })
+        .collect()
+}
+
+/// A PodDisruptionBudget that keeps the primary from voluntary eviction: without automatic
+/// failover, evicting it is an outage, so a node drain waits for a person (as CloudNativePG does
+/// for a primary). `api` is policy/v1, or policy/v1beta1 on clusters older than 1.21; the two
+/// agree on every field used here.
+pub fn disruption_budget(db: &SectorDatabase, api: &ApiResource) -> DynamicObject {
+    let n = names(&db.name_any());
+    let primary = primary_selector(db);
+    from_json(json!({
+        "apiVersion": api.api_version, "kind": api.kind,
+        "metadata": metadata(db, &n.disruption_budget),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": primary}}
+    }))
 }
 
 #[cfg(test)]
@@ -366,7 +449,7 @@ mod tests {
     #[test]
     fn every_child_is_owned_and_labelled() {
         let db = db();
-        let sts = stateful_set(&db, &settings(), "abc");
+        let sts = stateful_set(&db, &settings(), "abc", "10.96.0.9");
         let cm = config_map(&db);
         let svcs = services(&db);
         let metas = [
@@ -374,6 +457,8 @@ mod tests {
             &cm.metadata,
             &svcs[0].metadata,
             &svcs[1].metadata,
+            &svcs[2].metadata,
+            &disruption_budget(&db, &policy("v1")).metadata,
             &network_policy(&db, &settings()).metadata,
         ];
         for meta in metas {
@@ -392,7 +477,7 @@ mod tests {
 
     #[test]
     fn postgres_runs_as_its_own_user_on_a_read_only_root() {
-        let sts = stateful_set(&db(), &settings(), "abc");
+        let sts = stateful_set(&db(), &settings(), "abc", "10.96.0.9");
         let pod = sts.spec.unwrap().template.spec.unwrap();
         let main = &pod.containers[0];
         let sc = main.security_context.as_ref().unwrap();
@@ -409,7 +494,9 @@ mod tests {
 
     #[test]
     fn storage_comes_from_the_spec_and_the_config_hash_reaches_the_pods() {
-        let sts = stateful_set(&db(), &settings(), "f00d").spec.unwrap();
+        let sts = stateful_set(&db(), &settings(), "f00d", "10.96.0.9")
+            .spec
+            .unwrap();
         let claim = &sts.volume_claim_templates.unwrap()[0];
         let requests = claim
             .spec
@@ -436,6 +523,68 @@ mod tests {
             svc.spec.as_ref().unwrap().selector.as_ref().unwrap()["statefulset.kubernetes.io/pod-name"],
             "health-records-0"
         );
+    }
+
+    fn policy(version: &str) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("policy", version, "PodDisruptionBudget"),
+            "poddisruptionbudgets",
+        )
+    }
+
+    #[test]
+    fn the_read_only_service_selects_the_replicas_by_the_role_label() {
+        let svc = &services(&db())[1];
+        assert_eq!(svc.metadata.name.as_deref(), Some("health-records-ro"));
+        let selector = svc.spec.as_ref().unwrap().selector.clone().unwrap();
+        assert_eq!(selector[ROLE_LABEL], "replica");
+        assert_eq!(selector["app.kubernetes.io/instance"], "health-records");
+        assert_eq!(role_of("health-records-0"), "primary");
+        assert_eq!(role_of("health-records-10"), "replica");
+        assert_eq!(role_of("db-1-2"), "replica");
+        assert_eq!(role_of("db-1-0"), "primary");
+    }
+
+    #[test]
+    fn every_instance_runs_and_standbys_stream_from_the_primary_address() {
+        let mut three = db();
+        three.spec.instances = 3;
+        let sts = stateful_set(&three, &settings(), "abc", "10.96.0.9")
+            .spec
+            .unwrap();
+        assert_eq!(sts.replicas, Some(3));
+        let main = &sts.template.spec.unwrap().containers[0];
+        let env = main.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "PRIMARY_ADDR" && e.value.as_deref() == Some("10.96.0.9"))
+        );
+        let script = &main.command.as_ref().unwrap()[2];
+        assert!(script.contains("pg_basebackup") && script.contains("sslmode=verify-full"));
+        assert!(script.contains(&format!("user={REPLICATION_USER}")));
+    }
+
+    #[test]
+    fn the_certificate_names_both_services() {
+        let names = service_dns_names(&db());
+        assert!(names.contains(&"health-records-rw.so-y-te.svc".to_string()));
+        assert!(names.contains(&"health-records-ro.so-y-te.svc".to_string()));
+    }
+
+    #[test]
+    fn the_disruption_budget_keeps_the_primary_in_either_policy_version() {
+        for version in ["v1", "v1beta1"] {
+            let pdb = disruption_budget(&db(), &policy(version));
+            assert_eq!(
+                pdb.types.as_ref().unwrap().api_version,
+                format!("policy/{version}")
+            );
+            assert_eq!(pdb.data["spec"]["minAvailable"], 1);
+            assert_eq!(
+                pdb.data["spec"]["selector"]["matchLabels"]["statefulset.kubernetes.io/pod-name"],
+                "health-records-0"
+            );
+        }
     }
 
     #[test]

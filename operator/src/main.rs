@@ -189,6 +189,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         postgres_image: args.postgres_image.clone(),
         postgres_image_pull_policy: args.postgres_image_pull_policy.clone(),
+        disruption_budget_api: startup::disruption_budget_api(&client).await,
         ca: tokio::sync::OnceCell::new(),
     });
     tokio::join!(

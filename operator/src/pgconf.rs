@@ -1,6 +1,7 @@
 //! postgresql.conf and pg_hba.conf, built from a SectorDatabase spec and its security level.
 
 use crate::api::database::{SectorDatabaseSpec, TlsMode};
+use crate::dataplane::REPLICATION_USER;
 
 /// Where the files land inside the PostgreSQL container.
 pub const CONFIG_DIR: &str = "/etc/sectordb";
@@ -74,14 +75,16 @@ pub fn reloadable_parameters(spec: &SectorDatabaseSpec) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// pg_hba.conf: the superuser only over the local socket (peer) or TLS; at level 2 and above a
-/// plain TCP connection is rejected outright.
+/// pg_hba.conf: the superuser only over the local socket (peer) or TLS, the standbys' role for
+/// physical replication over TLS and nothing else; at level 2 and above a plain TCP connection is rejected
+/// outright.
 pub fn pg_hba_conf(spec: &SectorDatabaseSpec) -> String {
     let mut lines = vec![
         "# Written by sectordb-operator; edits are overwritten.".to_string(),
         "local   all          postgres                 peer".into(),
         "local   all          all                      scram-sha-256".into(),
-        "hostssl replication  postgres  0.0.0.0/0      scram-sha-256".into(),
+        format!("hostssl replication  {REPLICATION_USER} 0.0.0.0/0 scram-sha-256"),
+        format!("host    all          {REPLICATION_USER} all       reject"),
         "hostssl all          all       0.0.0.0/0      scram-sha-256".into(),
         "hostssl all          all       ::/0           scram-sha-256".into(),
     ];

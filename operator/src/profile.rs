@@ -80,6 +80,8 @@ pub struct Observed {
     pub backed_up_with_wal: bool,
     pub offsite_encrypted: bool,
     pub drill_within: Option<i32>,
+    /// Standbys the primary reports as streaming (pg_stat_replication).
+    pub streaming_standbys: i32,
 }
 
 impl SecurityProfile {
@@ -119,8 +121,9 @@ impl SecurityProfile {
                         "encrypted backups reach a GovernmentDataCenter repository",
                         "no encrypted backup has reached a GovernmentDataCenter repository",
                     ),
-                    RuleId::HighAvailability if spec.instances >= 2 => (true, format!("{} instances", spec.instances)),
-                    RuleId::HighAvailability => (false, format!("{} instance; at least 2 are required", spec.instances)),
+                    RuleId::HighAvailability if spec.instances < 2 => (false, format!("{} instance; at least 2 are required", spec.instances)),
+                    RuleId::HighAvailability if observed.streaming_standbys >= 1 => (true, format!("{} standbys streaming from the primary", observed.streaming_standbys)),
+                    RuleId::HighAvailability => (false, format!("{} instances asked for, but no standby streams from the primary yet", spec.instances)),
                     RuleId::RestoreDrill => {
                         let max = rule.max_days.unwrap_or(i32::MAX);
                         match observed.drill_within {
@@ -214,18 +217,26 @@ mod tests {
     }
 
     #[test]
-    fn level_four_needs_two_instances() {
+    fn level_four_needs_two_instances_and_a_streaming_standby() {
         let profile = SecurityProfile::default();
-        let ha = |instances| {
+        let ha = |instances, streaming_standbys| {
+            let observed = Observed {
+                streaming_standbys,
+                ..Observed::default()
+            };
             profile
-                .evaluate(&spec(4, instances), &Observed::default())
+                .evaluate(&spec(4, instances), &observed)
                 .findings
                 .into_iter()
                 .find(|f| f.rule == "high-availability")
                 .unwrap()
                 .satisfied
         };
-        assert!(!ha(1));
-        assert!(ha(2));
+        assert!(!ha(1, 0));
+        assert!(
+            !ha(2, 0),
+            "asked for but not streaming is not high availability"
+        );
+        assert!(ha(2, 1));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::sql::Error;
+use crate::sql::{Error, ident, password_clause, set_password};
 
 /// A table and the columns a grant covers.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,10 +29,6 @@ pub struct Grant<'a> {
     pub tables: &'a [GrantedTable],
     /// Set the password even if the role exists: its Secret was (re)created with a new one.
     pub set_password: bool,
-}
-
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The role name for a connection: derived from its UID, so a re-created connection of the same
@@ -78,12 +74,11 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
         .await?;
     match exists {
         None => {
-            let verifier = postgres_protocol::password::scram_sha_256(grant.password.as_bytes());
             client
                 .batch_execute(&format!(
-                    "CREATE ROLE {role} LOGIN NOINHERIT CONNECTION LIMIT {} PASSWORD '{}'",
+                    "CREATE ROLE {role} LOGIN NOINHERIT CONNECTION LIMIT {} {}",
                     grant.connection_limit,
-                    verifier.replace('\'', "''")
+                    password_clause(grant.password)
                 ))
                 .await?;
             // pgaudit logs every statement of this role, reads included.
@@ -105,14 +100,7 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
                     .await?;
             }
             if grant.set_password {
-                let verifier =
-                    postgres_protocol::password::scram_sha_256(grant.password.as_bytes());
-                client
-                    .batch_execute(&format!(
-                        "ALTER ROLE {role} PASSWORD '{}'",
-                        verifier.replace('\'', "''")
-                    ))
-                    .await?;
+                set_password(client, grant.role, grant.password).await?;
             }
         }
     }

@@ -68,12 +68,59 @@ pub async fn connect(target: &Target<'_>, dbname: &str) -> Result<tokio_postgres
     Ok(client)
 }
 
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `PASSWORD '<SCRAM verifier>'`: the clear password never reaches the server, so no statement
+/// log or audit record can reveal it.
+pub(crate) fn password_clause(password: &str) -> String {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    format!("PASSWORD {}", literal(&verifier))
+}
+
+/// Sets a role's password (as a SCRAM verifier).
+pub async fn set_password(
+    client: &tokio_postgres::Client,
+    role: &str,
+    password: &str,
+) -> Result<(), Error> {
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE {} {}",
+            ident(role),
+            password_clause(password)
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Creates a role with `attributes` and `password` (stored as a SCRAM verifier, never in clear).
+/// An existing role keeps its password: the Secret it came from is kept too.
+pub async fn ensure_role(
+    client: &tokio_postgres::Client,
+    name: &str,
+    attributes: &str,
+    password: &str,
+) -> Result<(), Error> {
+    if client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await?
+        .is_none()
+    {
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {} {attributes} {}",
+                ident(name),
+                password_clause(password)
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The owner role and the application database of `spec.database`. The password is sent as a
@@ -86,20 +133,7 @@ pub async fn ensure_database(
 ) -> Result<(), Error> {
     let owner = &spec.database.owner;
     let name = &spec.database.name;
-    if client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[owner])
-        .await?
-        .is_none()
-    {
-        let verifier = postgres_protocol::password::scram_sha_256(owner_password.as_bytes());
-        client
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN PASSWORD {}",
-                ident(owner),
-                literal(&verifier)
-            ))
-            .await?;
-    }
+    ensure_role(client, owner, "LOGIN", owner_password).await?;
     if client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
         .await?
@@ -184,9 +218,17 @@ pub async fn observe(client: &tokio_postgres::Client, level: i32) -> Result<Obse
         .await?
         .get(0);
     let audit_classes_set = level < 3 || audit.as_deref() == Some(pgconf::PGAUDIT_CLASSES);
+    let streaming: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await?
+        .get(0);
     Ok(Observed {
         tls_enforced: plain_accepted == 0 && this_is_tls,
         pgaudit_loaded: preload.split(',').any(|l| l.trim() == "pgaudit") && audit_classes_set,
+        streaming_standbys: i32::try_from(streaming).unwrap_or(i32::MAX),
         ..Observed::default()
     })
 }

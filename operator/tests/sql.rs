@@ -198,3 +198,45 @@ async fn parameters_are_applied_without_restart_and_reset_when_removed() {
     let work_mem: String = reset.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
     assert_eq!(work_mem, "4MB");
 }
+
+#[tokio::test]
+async fn the_replication_role_streams_only_and_takes_a_new_password_from_its_secret() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    let su = pg.superuser().await;
+    let role = sectordb::dataplane::REPLICATION_USER;
+    sql::ensure_role(&su, role, "LOGIN REPLICATION", "replication-pw-one")
+        .await
+        .unwrap();
+    sql::ensure_role(&su, role, "LOGIN REPLICATION", "replication-pw-ignored")
+        .await
+        .unwrap();
+    let (replication, superuser): (bool, bool) = su
+        .query_one(
+            "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(replication && !superuser);
+    // pg_hba admits the role for physical replication only: an ordinary session is refused.
+    assert!(
+        sql::connect(&pg.target(role, "replication-pw-one"), "postgres")
+            .await
+            .is_err()
+    );
+    sql::set_password(&su, role, "replication-pw-two")
+        .await
+        .unwrap();
+    let verifier: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$"));
+    assert!(!pg.log().contains("replication-pw-two") && !pg.log().contains("replication-pw-one"));
+}

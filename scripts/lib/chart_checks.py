@@ -186,6 +186,8 @@ def check_operator_rbac(docs, namespace, dep):
             ("apps", "statefulsets"): READ | {"create", "patch"},
             ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch", "delete"},
             ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
+            ("", "pods"): {"get", "list", "patch"},
+            ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
         }
         for r in SECTORDB_RESOURCES:
             expected[("sectordb.io", r)] = READ | {"patch"}

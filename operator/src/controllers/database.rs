@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -40,6 +40,8 @@ const SANS_ANNOTATION: &str = "sectordb.io/certificate-names";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Provisioned {
     pub endpoint: Option<Endpoint>,
+    /// The read-only Service, when the database has replicas.
+    pub read_only_endpoint: Option<Endpoint>,
     pub ready_instances: i32,
     /// The outcome of connecting to PostgreSQL: `Ok` with what the server enforces, `Err` with
     /// why it could not be reached, `None` when no instance was ready to try.
@@ -143,10 +145,12 @@ pub fn desired_status(
                     Want::new(
                         "Degraded",
                         true,
-                        "ReplicasNotRunning",
+                        "ReplicasNotStreaming",
                         format!(
-                            "{} of {} instances ready: streaming replicas are not implemented yet, only the primary runs",
-                            p.ready_instances, db.spec.instances
+                            "{} of {} instances ready: {} standbys stream from the primary",
+                            p.ready_instances,
+                            db.spec.instances,
+                            p.ready_instances - 1
                         ),
                     ),
                 ),
@@ -207,10 +211,9 @@ pub fn desired_status(
         phase: Some(phase),
         conditions: settle(wanted, &previous.conditions, generation, now),
         endpoints: provisioned
-            .and_then(|p| p.endpoint.clone())
-            .map(|rw| Endpoints {
-                read_write: Some(rw),
-                read_only: None,
+            .map(|p| Endpoints {
+                read_write: p.endpoint.clone(),
+                read_only: p.read_only_endpoint.clone(),
             })
             .or(previous.endpoints),
         secrets: provisioned
@@ -271,18 +274,18 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     )
     .await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let mut cluster_ip = None;
+    let mut cluster_ips = std::collections::BTreeMap::new();
     for service in dataplane::services(db) {
-        let is_rw = service.metadata.name.as_deref() == Some(n.read_write.as_str());
         let live = apply_child(ctx, CONTROLLER, &services, service).await?;
-        if is_rw {
-            cluster_ip = live
-                .spec
-                .and_then(|s| s.cluster_ip)
-                .filter(|ip| ip != "None");
+        if let Some(ip) = live
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| ip != "None")
+        {
+            cluster_ips.insert(live.metadata.name.unwrap_or_default(), ip);
         }
     }
-    let cluster_ip = cluster_ip.unwrap_or_default();
+    let cluster_ip = cluster_ips.get(&n.read_write).cloned().unwrap_or_default();
     let host = format!("{}.{namespace}.svc", n.read_write);
 
     let ca = operator_ca(ctx).await?;
@@ -322,18 +325,37 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         .await?;
         passwords.push(password);
     }
-    apply_child(
-        ctx,
-        CONTROLLER,
-        &secrets,
-        dataplane::tls_secret(db, &n.ca, &[("ca.crt", &ca.cert_pem)]),
-    )
-    .await?;
+    let existing = secrets.get_opt(&n.replication).await?;
+    let replication_password =
+        secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
+    for (name, files) in [
+        (&n.ca, [("ca.crt", ca.cert_pem.as_str())]),
+        (
+            &n.replication,
+            [("password", replication_password.as_str())],
+        ),
+    ] {
+        apply_child(
+            ctx,
+            CONTROLLER,
+            &secrets,
+            dataplane::opaque_secret(db, name, &files),
+        )
+        .await?;
+    }
 
-    // The server certificate names the Service and its ClusterIP; reissued only when those change.
+    // The server certificate names the Services and their ClusterIPs; reissued only when those
+    // change.
     let dns = dataplane::service_dns_names(db);
-    let ips: Vec<IpAddr> = cluster_ip.parse().into_iter().collect();
-    let sans = format!("{};{cluster_ip}", dns.join(","));
+    let ips: Vec<IpAddr> = cluster_ips
+        .values()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let sans = format!(
+        "{};{}",
+        dns.join(","),
+        cluster_ips.values().cloned().collect::<Vec<_>>().join(",")
+    );
     let current = secrets.get_opt(&n.server_tls).await?;
     if current
         .as_ref()
@@ -341,7 +363,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         != Some(&sans)
     {
         let cert = pki::issue_server(ca, &host, &dns, &ips)?;
-        let mut secret = dataplane::tls_secret(
+        let mut secret = dataplane::opaque_secret(
             db,
             &n.server_tls,
             &[
@@ -365,7 +387,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     .await?;
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let mut desired = dataplane::stateful_set(db, &settings, &config_hash);
+    let mut desired = dataplane::stateful_set(db, &settings, &config_hash, &cluster_ip);
     let existing = statefulsets.get_opt(&n.statefulset).await?;
     // volumeClaimTemplates cannot change after creation: keep them, and grow the PVCs instead.
     if let (Some(live), Some(spec)) = (
@@ -375,15 +397,28 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
     let live = apply_child(ctx, CONTROLLER, &statefulsets, desired).await?;
+    if let Some(api) = &ctx.disruption_budget_api {
+        let budgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, api);
+        let (_, wrote) = crate::apply::apply(
+            &budgets,
+            &super::field_manager(CONTROLLER),
+            dataplane::disruption_budget(db, api),
+        )
+        .await?;
+        if wrote {
+            ctx.metrics.write(CONTROLLER, &api.kind);
+        }
+    }
+    label_roles(db, ctx).await?;
     let warnings = grow_volumes(db, ctx).await?;
-    let ready_instances = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let pods_ready = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
 
-    let endpoint = Endpoint {
-        host: host.clone(),
-        cluster_ip: Some(cluster_ip.clone()),
+    let endpoint = |service: &str| Endpoint {
+        host: format!("{service}.{namespace}.svc"),
+        cluster_ip: cluster_ips.get(service).cloned(),
         port: PORT,
     };
-    let sql = match (ready_instances, cluster_ip.parse::<IpAddr>()) {
+    let sql = match (pods_ready, cluster_ip.parse::<IpAddr>()) {
         (0, _) | (_, Err(_)) => None,
         (_, Ok(addr)) => {
             let target = sql::Target {
@@ -395,14 +430,22 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 ca_pem: &ca.cert_pem,
             };
             Some(
-                configure_postgres(db, &target, &passwords[1])
+                configure_postgres(db, &target, &passwords[1], &replication_password)
                     .await
                     .map_err(|e| e.to_string()),
             )
         }
     };
+    // An instance counts once PostgreSQL says so: the primary answering over TLS, each standby
+    // streaming from it. Before the operator reached the primary, the pods' readiness is all
+    // there is.
+    let ready_instances = match &sql {
+        Some(Ok(observed)) => (1 + observed.streaming_standbys).min(db.spec.instances),
+        _ => pods_ready.min(1),
+    };
     Ok(Provisioned {
-        endpoint: Some(endpoint),
+        endpoint: Some(endpoint(&n.read_write)),
+        read_only_endpoint: (db.spec.instances > 1).then(|| endpoint(&n.read_only)),
         ready_instances,
         sql,
         warnings,
@@ -413,11 +456,47 @@ async fn configure_postgres(
     db: &SectorDatabase,
     target: &sql::Target<'_>,
     owner_password: &str,
+    replication_password: &str,
 ) -> Result<Observed, sql::Error> {
     let client = sql::connect(target, "postgres").await?;
+    sql::ensure_role(
+        &client,
+        dataplane::REPLICATION_USER,
+        "LOGIN REPLICATION",
+        replication_password,
+    )
+    .await?;
     sql::ensure_database(&client, &db.spec, owner_password).await?;
     sql::apply_parameters(&client, &db.spec).await?;
-    sql::observe(&client, db.spec.security_level).await
+    let observed = sql::observe(&client, db.spec.security_level).await?;
+    // A standby that does not stream may hold a password from an earlier Secret (a database
+    // re-created on retained volumes keeps its roles): make the role match the Secret again.
+    if observed.streaming_standbys < db.spec.instances - 1 {
+        sql::set_password(&client, dataplane::REPLICATION_USER, replication_password).await?;
+    }
+    Ok(observed)
+}
+
+/// Keeps the role label on each instance's pod: the read-only Service selects the replicas by it.
+/// A replaced pod arrives without the label and wakes this controller through its StatefulSet.
+async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/name=sectordb-postgres",
+        db.name_any()
+    );
+    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        let name = pod.name_any();
+        let role = dataplane::role_of(&name);
+        if pod.labels().get(dataplane::ROLE_LABEL).map(String::as_str) == Some(role) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"labels": {dataplane::ROLE_LABEL: role}}});
+        pods.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        ctx.metrics.write(CONTROLLER, "Pod");
+    }
+    Ok(())
 }
 
 /// Asks for more space on each volume smaller than the spec; reports what the storage class
@@ -607,6 +686,7 @@ mod tests {
     fn provisioned(ready_instances: i32, sql: Option<Result<Observed, String>>) -> Provisioned {
         Provisioned {
             endpoint: None,
+            read_only_endpoint: None,
             ready_instances,
             sql,
             warnings: vec![],

@@ -36,6 +36,9 @@ pub struct Context {
     pub namespace: String,
     pub postgres_image: String,
     pub postgres_image_pull_policy: String,
+    /// Where PodDisruptionBudgets are served (policy/v1, or policy/v1beta1 before 1.21); `None`
+    /// when the cluster serves neither.
+    pub disruption_budget_api: Option<kube::api::ApiResource>,
     /// The operator's CA, loaded or created on first use.
     pub ca: tokio::sync::OnceCell<crate::pki::CertifiedKey>,
 }
