@@ -15,6 +15,8 @@ use sectordb::api::SectorDatabase;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+pub mod sharing;
+
 /// A SectorDatabase manifest for tests.
 pub fn database(name: &str, level: i32) -> serde_json::Value {
     json!({

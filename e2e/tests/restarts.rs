@@ -3,16 +3,21 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use sectordb::api::SectorDatabase;
+use sectordb::api::connection::ConnectionPhase;
+use sectordb::api::{DataSharingConnection, SectorDatabase};
+use sectordb::sharing_sql;
+use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
 use sectordb_e2e::{
     OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready,
     observed_current, operator_pod, operator_ready, poll, proxy_get, wait_for,
 };
+
+use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -142,6 +147,7 @@ async fn an_operator_killed_while_provisioning_finishes_without_duplicates() -> 
         [
             "interrupted-app",
             "interrupted-ca",
+            "interrupted-replication",
             "interrupted-server-tls",
             "interrupted-superuser"
         ]
@@ -180,4 +186,118 @@ async fn an_operator_killed_while_provisioning_finishes_without_duplicates() -> 
     })
     .await?;
     ns.delete().await
+}
+
+async fn scale_operator(client: &kube::Client, replicas: i32) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    deployments
+        .patch(
+            OPERATOR_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    poll(2 * MINUTE, "the operator scaled", || async {
+        let running = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
+            .await
+            .ok()?
+            .items
+            .len();
+        match replicas {
+            0 => (running == 0).then_some(()),
+            _ => (operator_ready(client).await.ok()? == "ready").then_some(()),
+        }
+    })
+    .await
+}
+
+/// What an operator that died between `CREATE ROLE` and delivering the Secret leaves behind:
+/// the role with a password nobody holds, and a grant it should not have. The next operator
+/// must finish the grant on that role, exactly as the connection says.
+async fn finish_an_interrupted_grant(client: &kube::Client, a: &Agencies) -> Result<()> {
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &connection(
+                "interrupted",
+                &a.consumer.name,
+                "2030-01-01T00:00:00Z",
+                "vaccinations",
+            )?,
+        )
+        .await?;
+    let role = sharing_sql::role_name(&created.uid().context("no uid")?);
+    let mut superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-superuser")
+        .await?;
+    superuser
+        .data
+        .get_or_insert_with(Default::default)
+        .insert("dbname".into(), k8s_openapi::ByteString(b"health".to_vec()));
+    let provider = connect_with(&superuser).await?;
+    provider
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'left-behind-by-a-dead-operator';
+             GRANT SELECT (patient_name) ON vaccination_records TO {role};"
+        ))
+        .await?;
+
+    scale_operator(client, 1).await?;
+    let conn = wait_for(&api, "interrupted", 2 * MINUTE, "Active", |c| {
+        phase(c) == Some(ConnectionPhase::Active)
+    })
+    .await?
+    .context("connection vanished")?;
+    let roles: i64 = provider
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dsc\\_%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        roles, 1,
+        "one role per connection, whatever happened before"
+    );
+    assert_eq!(
+        conn.status.as_ref().and_then(|s| s.role.clone()),
+        Some(role)
+    );
+    let secret_name = conn
+        .status
+        .and_then(|s| s.secret_ref)
+        .context("no secretRef")?
+        .name;
+    let secret = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get(&secret_name)
+        .await?;
+    let consumer = connect_with(&secret).await?;
+    let rows = consumer
+        .query("SELECT id, district, vaccine FROM vaccination_records", &[])
+        .await?;
+    assert_eq!(rows.len(), 1);
+    let leaked = consumer
+        .query("SELECT patient_name FROM vaccination_records", &[])
+        .await
+        .expect_err("the grant left behind must be revoked");
+    assert_eq!(
+        leaked.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_grant_interrupted_between_its_steps_ends_right_without_a_second_role() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "regrant").await?;
+    scale_operator(&client, 0).await?;
+    let outcome = finish_an_interrupted_grant(&client, &a).await;
+    // Whatever happened, the operator runs again for the tests after this one.
+    scale_operator(&client, 1).await?;
+    outcome?;
+    a.delete().await
 }

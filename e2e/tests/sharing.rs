@@ -12,66 +12,9 @@ use kube::{Api, Client};
 use sectordb::api::DataSharingConnection;
 use sectordb::api::SectorDatabase;
 use sectordb::api::connection::ConnectionPhase;
-use sectordb_e2e::{TestNamespace, client, connect_with, database, is_ready, poll, wait_for};
+use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
+use sectordb_e2e::{TestNamespace, client, connect_with, poll, wait_for};
 use serde_json::json;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
-
-struct Agencies {
-    provider: TestNamespace,
-    consumer: TestNamespace,
-}
-
-/// A provider agency with a Ready database that declares `vaccinations` (three of four columns)
-/// and holds rows, and a consumer agency.
-async fn agencies(client: &Client, name: &str) -> Result<Agencies> {
-    let provider = TestNamespace::create(client, &format!("{name}-p")).await?;
-    let consumer = TestNamespace::create(client, &format!("{name}-c")).await?;
-    let mut db = database("records", 3);
-    db["spec"]["sharing"] = json!({"datasets": [{"name": "vaccinations", "tables": [
-        {"schema": "public", "name": "vaccination_records", "columns": ["id", "district", "vaccine"]}]}]});
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &provider.name);
-    api.create(&PostParams::default(), &serde_json::from_value(db)?)
-        .await?;
-    wait_for(&api, "records", READY_TIMEOUT, "provider Ready", is_ready).await?;
-    let app = Api::<Secret>::namespaced(client.clone(), &provider.name)
-        .get("records-app")
-        .await?;
-    connect_with(&app)
-        .await?
-        .batch_execute(
-            "CREATE TABLE vaccination_records (id int, district text, vaccine text, patient_name text);
-             INSERT INTO vaccination_records VALUES (1, 'Ba Dinh', 'MMR', 'Nguyen Van A');
-             CREATE TABLE diagnoses (id int);",
-        )
-        .await?;
-    Ok(Agencies { provider, consumer })
-}
-
-fn connection(
-    name: &str,
-    consumer: &str,
-    valid_until: &str,
-    dataset: &str,
-) -> Result<DataSharingConnection> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "sectordb.io/v1alpha1", "kind": "DataSharingConnection",
-        "metadata": {"name": name},
-        "spec": {
-            "provider": {"database": "records", "dataset": dataset},
-            "consumer": {"agency": {"code": "000.00.20.H53", "name": "Department of Labour"}, "namespace": consumer},
-            "mode": "ReadOnly",
-            "purpose": "Verify eligibility for social support payments",
-            "legalBasis": "Decree 47/2020/ND-CP, art. 22",
-            "validUntil": valid_until,
-            "connectionLimit": 3
-        }
-    }))?)
-}
-
-fn phase(c: Option<&DataSharingConnection>) -> Option<ConnectionPhase> {
-    c?.status.as_ref()?.phase
-}
 
 async fn grant(
     client: &Client,
@@ -108,11 +51,6 @@ fn denied(result: std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::
         .err()
         .and_then(|e| e.as_db_error().map(|d| d.code().code() == "42501"))
         .unwrap_or(false)
-}
-
-async fn cleanup(a: Agencies) -> Result<()> {
-    a.provider.delete().await?;
-    a.consumer.delete().await
 }
 
 #[tokio::test]
@@ -177,7 +115,7 @@ async fn a_consumer_reads_the_granted_columns_and_nothing_else() -> Result<()> {
             .find(|e| e.reason.as_deref() == Some("Granted"))
     })
     .await?;
-    cleanup(a).await
+    a.delete().await
 }
 
 #[tokio::test]
@@ -232,7 +170,7 @@ async fn deleting_a_connection_revokes_access_within_five_seconds() -> Result<()
         .get(0);
     assert!(!login, "the role is kept NOLOGIN");
     println!("revocation: delete -> session terminated and login refused in {revoked_in:?}");
-    cleanup(a).await
+    a.delete().await
 }
 
 #[tokio::test]
@@ -262,7 +200,7 @@ async fn a_connection_stops_working_when_it_expires() -> Result<()> {
         phase(c) == Some(ConnectionPhase::Expired)
     })
     .await?;
-    cleanup(a).await
+    a.delete().await
 }
 
 #[tokio::test]
@@ -296,7 +234,7 @@ async fn a_dataset_the_provider_did_not_declare_is_denied() -> Result<()> {
     assert!(ready.message.contains("spec.provider.dataset"));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &a.consumer.name);
     assert!(secrets.get_opt("diag-credentials").await?.is_none());
-    cleanup(a).await
+    a.delete().await
 }
 
 #[tokio::test]

@@ -567,8 +567,14 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
         announce(ctx, &*db, previous, ready).await;
     }
+    // A pod that just turned ready is often not yet behind its Service (kube-proxy programs the
+    // endpoint a moment later): look again in a second rather than in five.
+    let unreachable = provisioned
+        .as_ref()
+        .is_some_and(|p| matches!(p.sql, Some(Err(_))));
     Ok(match status.phase {
         Some(DatabasePhase::Failed) => Action::await_change(),
+        Some(DatabasePhase::Provisioning) if unreachable => Action::requeue(Duration::from_secs(1)),
         // Re-check a healthy database now and then: Ready must stay true only while it is.
         Some(DatabasePhase::Ready) => Action::requeue(Duration::from_secs(60)),
         // Something needs a person or a slow fix (a refused volume expansion, a lost pod that

@@ -1,0 +1,78 @@
+//! The two agencies every sharing test starts from, and the connection they are granted.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use sectordb::api::connection::ConnectionPhase;
+use sectordb::api::{DataSharingConnection, SectorDatabase};
+use serde_json::json;
+
+use crate::{TestNamespace, connect_with, database, is_ready, wait_for};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub struct Agencies {
+    pub provider: TestNamespace,
+    pub consumer: TestNamespace,
+}
+
+impl Agencies {
+    pub async fn delete(self) -> Result<()> {
+        self.provider.delete().await?;
+        self.consumer.delete().await
+    }
+}
+
+/// A provider agency with a Ready database that declares `vaccinations` (three of four columns)
+/// and holds rows, and a consumer agency.
+pub async fn agencies(client: &Client, name: &str) -> Result<Agencies> {
+    let provider = TestNamespace::create(client, &format!("{name}-p")).await?;
+    let consumer = TestNamespace::create(client, &format!("{name}-c")).await?;
+    let mut db = database("records", 3);
+    db["spec"]["sharing"] = json!({"datasets": [{"name": "vaccinations", "tables": [
+        {"schema": "public", "name": "vaccination_records", "columns": ["id", "district", "vaccine"]}]}]});
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &provider.name);
+    api.create(&PostParams::default(), &serde_json::from_value(db)?)
+        .await?;
+    wait_for(&api, "records", READY_TIMEOUT, "provider Ready", is_ready).await?;
+    let app = Api::<Secret>::namespaced(client.clone(), &provider.name)
+        .get("records-app")
+        .await?;
+    connect_with(&app)
+        .await?
+        .batch_execute(
+            "CREATE TABLE vaccination_records (id int, district text, vaccine text, patient_name text);
+             INSERT INTO vaccination_records VALUES (1, 'Ba Dinh', 'MMR', 'Nguyen Van A');
+             CREATE TABLE diagnoses (id int);",
+        )
+        .await?;
+    Ok(Agencies { provider, consumer })
+}
+
+pub fn connection(
+    name: &str,
+    consumer: &str,
+    valid_until: &str,
+    dataset: &str,
+) -> Result<DataSharingConnection> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "DataSharingConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": {"database": "records", "dataset": dataset},
+            "consumer": {"agency": {"code": "000.00.20.H53", "name": "Department of Labour"}, "namespace": consumer},
+            "mode": "ReadOnly",
+            "purpose": "Verify eligibility for social support payments",
+            "legalBasis": "Decree 47/2020/ND-CP, art. 22",
+            "validUntil": valid_until,
+            "connectionLimit": 3
+        }
+    }))?)
+}
+
+pub fn phase(c: Option<&DataSharingConnection>) -> Option<ConnectionPhase> {
+    c?.status.as_ref()?.phase
+}
