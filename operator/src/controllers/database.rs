@@ -35,6 +35,8 @@ use crate::{quantity, sql, validate};
 pub const CONTROLLER: &str = "database";
 const FINALIZER: &str = "sectordb.io/database";
 const SANS_ANNOTATION: &str = "sectordb.io/certificate-names";
+/// Extra attempts to reach PostgreSQL, 500 ms apart, before a reconcile reports it unreachable.
+const CONNECT_RETRIES: u32 = 4;
 
 /// What the controller found out while provisioning; the status is built from it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -458,7 +460,19 @@ async fn configure_postgres(
     owner_password: &str,
     replication_password: &str,
 ) -> Result<Observed, sql::Error> {
-    let client = sql::connect(target, "postgres").await?;
+    // A pod that just turned ready is often not yet behind its Service (kube-proxy programs the
+    // endpoint a moment later): a few quick attempts here cost no API calls, unlike a requeue.
+    let mut attempt = 0;
+    let client = loop {
+        match sql::connect(target, "postgres").await {
+            Ok(client) => break client,
+            Err(_) if attempt < CONNECT_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     sql::ensure_role(
         &client,
         dataplane::REPLICATION_USER,
@@ -567,14 +581,8 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
         announce(ctx, &*db, previous, ready).await;
     }
-    // A pod that just turned ready is often not yet behind its Service (kube-proxy programs the
-    // endpoint a moment later): look again in a second rather than in five.
-    let unreachable = provisioned
-        .as_ref()
-        .is_some_and(|p| matches!(p.sql, Some(Err(_))));
     Ok(match status.phase {
         Some(DatabasePhase::Failed) => Action::await_change(),
-        Some(DatabasePhase::Provisioning) if unreachable => Action::requeue(Duration::from_secs(1)),
         // Re-check a healthy database now and then: Ready must stay true only while it is.
         Some(DatabasePhase::Ready) => Action::requeue(Duration::from_secs(60)),
         // Something needs a person or a slow fix (a refused volume expansion, a lost pod that
