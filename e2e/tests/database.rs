@@ -12,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    TestNamespace, client, connect_with, database, is_ready, poll, ready_reason, secret_text,
-    wait_for,
+    TestNamespace, client, connect_with, database, is_ready, observed_current, poll, ready_reason,
+    secret_text, wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -384,10 +384,19 @@ async fn a_standby_streams_from_the_primary_behind_the_read_only_service() -> Re
     let client = client().await?;
     let ns = TestNamespace::create(&client, "replicas").await?;
     let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
-    let mut manifest = database("pair", 2);
-    manifest["spec"]["instances"] = json!(2);
-    api.create(&PostParams::default(), &serde_json::from_value(manifest)?)
-        .await?;
+    // One instance first, then scaled: the standby joins a primary that already has data.
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("pair", 2))?,
+    )
+    .await?;
+    wait_for(&api, "pair", READY_TIMEOUT, "Ready", is_ready).await?;
+    api.patch(
+        "pair",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"instances": 2}})),
+    )
+    .await?;
     let db = wait_for(
         &api,
         "pair",
@@ -395,6 +404,7 @@ async fn a_standby_streams_from_the_primary_behind_the_read_only_service() -> Re
         "Ready with 2 of 2 instances",
         |db| {
             is_ready(db)
+                && observed_current(db)
                 && db.and_then(|d| d.status.as_ref()?.instances.clone())
                     == Some(sectordb::api::database::InstanceCounts {
                         desired: 2,
