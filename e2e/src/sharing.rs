@@ -76,3 +76,13 @@ pub fn connection(
 pub fn phase(c: Option<&DataSharingConnection>) -> Option<ConnectionPhase> {
     c?.status.as_ref()?.phase
 }
+
+/// A Replicate connection of `vaccinations` into the consumer's SectorDatabase `target`.
+pub fn replication(name: &str, consumer: &str, target: &str) -> Result<DataSharingConnection> {
+    let mut conn = connection(name, consumer, "2027-12-31T00:00:00Z", "vaccinations")?;
+    conn.spec.mode = sectordb::api::connection::SharingMode::Replicate;
+    conn.spec.replicate_into = Some(sectordb::api::connection::ReplicateInto {
+        database: target.into(),
+    });
+    Ok(conn)
+}

@@ -12,7 +12,7 @@ use kube::{Api, Client};
 use sectordb::api::DataSharingConnection;
 use sectordb::api::SectorDatabase;
 use sectordb::api::connection::ConnectionPhase;
-use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
+use sectordb_e2e::sharing::{Agencies, agencies, connection, phase, replication};
 use sectordb_e2e::{TestNamespace, client, connect_with, poll, wait_for};
 use serde_json::json;
 
@@ -278,4 +278,123 @@ async fn an_agency_admin_cannot_create_connections() -> Result<()> {
         );
     }
     consumer.delete().await
+}
+
+/// The rows of `query`, first column as text, or `None` while the query fails (the table may not
+/// exist yet).
+async fn texts(session: &tokio_postgres::Client, query: &str) -> Option<Vec<String>> {
+    let rows = session.query(query, &[]).await.ok()?;
+    Some(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[tokio::test]
+async fn replicate_copies_the_granted_columns_into_the_consumer_database() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "repl").await?;
+    let provider_app = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-app")
+        .await?;
+    let provider = connect_with(&provider_app).await?;
+    // Logical replication identifies rows by the primary key, which the dataset must include.
+    provider
+        .batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
+        .await?;
+    let databases: Api<SectorDatabase> = Api::namespaced(client.clone(), &a.consumer.name);
+    databases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sectordb_e2e::database("warehouse", 3))?,
+        )
+        .await?;
+    wait_for(
+        &databases,
+        "warehouse",
+        Duration::from_secs(180),
+        "consumer database Ready",
+        sectordb_e2e::is_ready,
+    )
+    .await?;
+
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &replication("vax", &a.consumer.name, "warehouse")?,
+    )
+    .await?;
+    let conn = wait_for(&api, "vax", Duration::from_secs(90), "Replicating", |c| {
+        c.and_then(|c| c.status.as_ref()?.replication.as_ref())
+            .is_some_and(|r| r.streaming)
+    })
+    .await?
+    .context("connection vanished")?;
+    let status = conn.status.context("no status")?;
+    let replication = status.replication.context("no replication status")?;
+    assert_eq!(replication.target, format!("{}/warehouse", a.consumer.name));
+    assert_eq!(
+        status.granted_objects,
+        ["public.vaccination_records(id,district,vaccine)"]
+    );
+    assert!(
+        status.secret_ref.is_none(),
+        "Replicate delivers no credentials"
+    );
+
+    let consumer_app = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get("warehouse-app")
+        .await?;
+    let consumer = connect_with(&consumer_app).await?;
+    let districts = "SELECT district FROM vaccination_records ORDER BY id";
+    poll(
+        Duration::from_secs(30),
+        "the existing row copied",
+        || async { (texts(&consumer, districts).await? == ["Ba Dinh"]).then_some(()) },
+    )
+    .await?;
+    provider
+        .batch_execute(
+            "INSERT INTO vaccination_records VALUES (2, 'Hoan Kiem', 'BCG', 'Tran Thi B')",
+        )
+        .await?;
+    poll(Duration::from_secs(30), "a new row replicated", || async {
+        (texts(&consumer, districts).await? == ["Ba Dinh", "Hoan Kiem"]).then_some(())
+    })
+    .await?;
+    let columns = texts(
+        &consumer,
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_name = 'vaccination_records' ORDER BY ordinal_position",
+    )
+    .await
+    .context("no columns")?;
+    assert_eq!(
+        columns,
+        ["id", "district", "vaccine"],
+        "patient_name must not arrive"
+    );
+
+    // Deleting the connection stops replication and leaves the consumer's copy.
+    api.delete("vax", &DeleteParams::default()).await?;
+    wait_for(
+        &api,
+        "vax",
+        Duration::from_secs(30),
+        "connection gone",
+        |c| c.is_none(),
+    )
+    .await?;
+    provider
+        .batch_execute("INSERT INTO vaccination_records VALUES (3, 'Cau Giay', 'MMR', 'Le Van C')")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        texts(&consumer, districts).await,
+        Some(vec!["Ba Dinh".to_string(), "Hoan Kiem".to_string()]),
+        "after revocation nothing new arrives and the copy stays"
+    );
+    assert_eq!(
+        texts(&consumer, "SELECT subname::text FROM pg_subscription").await,
+        Some(vec![]),
+        "the subscription is dropped"
+    );
+    a.delete().await
 }

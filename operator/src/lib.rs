@@ -13,6 +13,7 @@ pub mod pgconf;
 pub mod pki;
 pub mod profile;
 pub mod quantity;
+pub mod replication_sql;
 pub mod sharing;
 pub mod sharing_sql;
 pub mod sql;

@@ -29,6 +29,8 @@ pub struct Grant<'a> {
     pub tables: &'a [GrantedTable],
     /// Set the password even if the role exists: its Secret was (re)created with a new one.
     pub set_password: bool,
+    /// Replicate mode: the role also streams the publication to the consumer's subscription.
+    pub replication: bool,
 }
 
 /// The role name for a connection: derived from its UID, so a re-created connection of the same
@@ -60,15 +62,20 @@ async fn held(
         .collect())
 }
 
-/// Makes the role hold exactly the grant: creates it (password as a SCRAM verifier), sets LOGIN
-/// and the connection limit, audits everything it does, grants CONNECT, USAGE on each schema and
+/// Makes the role hold exactly the grant: creates it (password as a SCRAM verifier), sets LOGIN,
+/// REPLICATION as the mode asks and the connection limit, audits everything it does, grants CONNECT, USAGE on each schema and
 /// SELECT on each column, and revokes columns no longer granted. Running it twice changes nothing.
 /// Connect as a superuser to the provider's application database.
 pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result<(), Error> {
     let role = ident(grant.role);
+    let replication = if grant.replication {
+        "REPLICATION"
+    } else {
+        "NOREPLICATION"
+    };
     let exists = client
         .query_opt(
-            "SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = $1",
+            "SELECT rolcanlogin, rolconnlimit, rolreplication FROM pg_roles WHERE rolname = $1",
             &[&grant.role],
         )
         .await?;
@@ -76,7 +83,7 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
         None => {
             client
                 .batch_execute(&format!(
-                    "CREATE ROLE {role} LOGIN NOINHERIT CONNECTION LIMIT {} {}",
+                    "CREATE ROLE {role} LOGIN NOINHERIT {replication} CONNECTION LIMIT {} {}",
                     grant.connection_limit,
                     password_clause(grant.password)
                 ))
@@ -90,11 +97,11 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
                 .await?;
         }
         Some(row) => {
-            let (login, limit): (bool, i32) = (row.get(0), row.get(1));
-            if !login || limit != grant.connection_limit {
+            let (login, limit, streams): (bool, i32, bool) = (row.get(0), row.get(1), row.get(2));
+            if !login || limit != grant.connection_limit || streams != grant.replication {
                 client
                     .batch_execute(&format!(
-                        "ALTER ROLE {role} LOGIN CONNECTION LIMIT {}",
+                        "ALTER ROLE {role} LOGIN {replication} CONNECTION LIMIT {}",
                         grant.connection_limit
                     ))
                     .await?;
@@ -168,7 +175,7 @@ pub async fn revoke(
     }
     let quoted = ident(role);
     client
-        .batch_execute(&format!("ALTER ROLE {quoted} NOLOGIN"))
+        .batch_execute(&format!("ALTER ROLE {quoted} NOLOGIN NOREPLICATION"))
         .await?;
     client
         .query(

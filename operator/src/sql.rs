@@ -20,6 +20,8 @@ pub enum Error {
     Tls(String),
     #[error("connecting to PostgreSQL timed out")]
     Timeout,
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Where and as whom to connect.
@@ -72,7 +74,7 @@ pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn literal(value: &str) -> String {
+pub(crate) fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 

@@ -1,8 +1,10 @@
-//! Sharing grants against a real PostgreSQL 15: a connection's role reads exactly the declared
-//! columns and nothing else, changes in place, and loses everything on revocation.
+//! Sharing against a real PostgreSQL 15: a connection's role reads exactly the declared columns and
+//! nothing else, changes in place, and loses everything on revocation; in Replicate mode a second
+//! server subscribes to exactly those columns and keeps its copy after revocation.
 
 mod support;
 
+use sectordb::replication_sql;
 use sectordb::sharing_sql::{self, Grant, GrantedTable};
 use sectordb::sql;
 use support::{Postgres, install_crypto, spec};
@@ -66,6 +68,7 @@ fn grant<'a>(tables: &'a [GrantedTable]) -> Grant<'a> {
         database: "health",
         tables,
         set_password: false,
+        replication: false,
     }
 }
 
@@ -254,4 +257,257 @@ async fn revocation_ends_sessions_refuses_logins_and_keeps_the_role() {
     sharing_sql::revoke(&su, "dsc_never", "health")
         .await
         .expect("revoking a role that never existed is fine");
+}
+
+const REPLICATED: &str = "dsc_repl0001";
+
+/// Provider steps of a Replicate grant, as the controller runs them: the role with REPLICATION,
+/// its column grants and the publication.
+async fn publish(su: &tokio_postgres::Client, tables: &[GrantedTable], set_password: bool) {
+    let sources = replication_sql::describe(su, tables).await.unwrap();
+    assert_eq!(replication_sql::unpublishable(&sources), None);
+    let grant = Grant {
+        role: REPLICATED,
+        replication: true,
+        set_password,
+        ..grant(tables)
+    };
+    sharing_sql::grant(su, &grant).await.unwrap();
+    replication_sql::publish(su, REPLICATED, &sources)
+        .await
+        .unwrap();
+}
+
+/// Consumer steps: target tables owned by the consumer's owner, then the subscription.
+async fn subscribe(
+    provider: &Postgres,
+    provider_su: &tokio_postgres::Client,
+    consumer_su: &tokio_postgres::Client,
+    tables: &[GrantedTable],
+) {
+    let sources = replication_sql::describe(provider_su, tables)
+        .await
+        .unwrap();
+    replication_sql::ensure_targets(consumer_su, &sources, "app")
+        .await
+        .unwrap();
+    let ca_file = provider.dir.join("ca.crt").display().to_string();
+    let port = provider.port.to_string();
+    let source = replication_sql::Source {
+        host: "localhost",
+        addr: "127.0.0.1",
+        port: port.parse().unwrap(),
+        dbname: "health",
+        user: REPLICATED,
+        password: ROLE_PASSWORD,
+        ca_file: &ca_file,
+    };
+    replication_sql::subscribe(consumer_su, REPLICATED, &source)
+        .await
+        .unwrap();
+    replication_sql::refresh_if_tables_changed(consumer_su, REPLICATED, &sources)
+        .await
+        .unwrap();
+}
+
+/// A second server in the consumer's role, with its database, and a superuser session on it.
+async fn consumer_server() -> (Postgres, tokio_postgres::Client) {
+    let pg = Postgres::start(&spec(3, "Required"));
+    sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), OWNER_PASSWORD)
+        .await
+        .unwrap();
+    let su = sql::connect(
+        &pg.target("postgres", support::SUPERUSER_PASSWORD),
+        "health",
+    )
+    .await
+    .unwrap();
+    (pg, su)
+}
+
+async fn rows_in(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    client
+        .query(query, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Polls `query` on `client` until it returns `want`, for at most 20 seconds.
+async fn eventually(client: &tokio_postgres::Client, query: &str, want: &[&str]) {
+    let mut seen = Vec::new();
+    for _ in 0..80 {
+        seen = rows_in(client, query).await;
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("{query}: wanted {want:?}, still {seen:?} after 20 s");
+}
+
+#[tokio::test]
+async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation() {
+    let (provider_pg, provider_su) = provider().await;
+    provider_su
+        .batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    let (consumer_pg, consumer_su) = consumer_server().await;
+    let tables = vaccinations(&["id", "district", "vaccine"]);
+    publish(&provider_su, &tables, true).await;
+    subscribe(&provider_pg, &provider_su, &consumer_su, &tables).await;
+
+    // The existing row is copied, then changes stream; the undeclared column never arrives.
+    eventually(
+        &consumer_su,
+        "SELECT district FROM vaccination_records ORDER BY id",
+        &["Ba Dinh"],
+    )
+    .await;
+    provider_su
+        .batch_execute(
+            "INSERT INTO vaccination_records VALUES (2, 'Hoan Kiem', 'BCG', '2026-02-03', 'Tran Thi B');
+             UPDATE vaccination_records SET district = 'Tay Ho' WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    eventually(
+        &consumer_su,
+        "SELECT district FROM vaccination_records ORDER BY id",
+        &["Tay Ho", "Hoan Kiem"],
+    )
+    .await;
+    let columns = rows_in(
+        &consumer_su,
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'vaccination_records' ORDER BY ordinal_position",
+    )
+    .await;
+    assert_eq!(columns, ["id", "district", "vaccine"]);
+    let owner = rows_in(
+        &consumer_su,
+        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'vaccination_records'",
+    )
+    .await;
+    assert_eq!(owner, ["app"], "the consumer's owner can read its copy");
+    let stream = replication_sql::stream(&provider_su, REPLICATED)
+        .await
+        .unwrap();
+    assert!(stream.streaming, "{stream:?}");
+
+    // Running every step again changes nothing and keeps the password.
+    publish(&provider_su, &tables, false).await;
+    subscribe(&provider_pg, &provider_su, &consumer_su, &tables).await;
+    let subscriptions = rows_in(&consumer_su, "SELECT subname::text FROM pg_subscription").await;
+    assert_eq!(subscriptions, [REPLICATED]);
+
+    // No statement with the subscription's password reaches either server's log.
+    assert!(
+        !consumer_pg.log().contains(ROLE_PASSWORD),
+        "password in the consumer's log"
+    );
+    assert!(
+        !provider_pg.log().contains(ROLE_PASSWORD),
+        "password in the provider's log"
+    );
+
+    // Revocation: the provider cuts the role off and drops publication and slot; the consumer
+    // drops the subscription and keeps what it copied.
+    sharing_sql::revoke(&provider_su, REPLICATED, "health")
+        .await
+        .unwrap();
+    replication_sql::drop_publication(&provider_su, REPLICATED)
+        .await
+        .unwrap();
+    replication_sql::unsubscribe(&consumer_su, REPLICATED)
+        .await
+        .unwrap();
+    provider_su
+        .batch_execute("INSERT INTO vaccination_records VALUES (3, 'Cau Giay', 'MMR', '2026-03-04', 'Le Van C')")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        rows_in(
+            &consumer_su,
+            "SELECT district FROM vaccination_records ORDER BY id"
+        )
+        .await,
+        ["Tay Ho", "Hoan Kiem"],
+        "nothing replicates after revocation, and the copy stays"
+    );
+    for (query, what) in [
+        ("SELECT slot_name::text FROM pg_replication_slots", "slots"),
+        ("SELECT pubname::text FROM pg_publication", "publications"),
+    ] {
+        assert!(
+            rows_in(&provider_su, query).await.is_empty(),
+            "{what} left on the provider"
+        );
+    }
+    assert!(
+        rows_in(&consumer_su, "SELECT subname::text FROM pg_subscription")
+            .await
+            .is_empty()
+    );
+    let login: bool = provider_su
+        .query_one(
+            "SELECT rolcanlogin OR rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&REPLICATED],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!login, "the role stays, NOLOGIN NOREPLICATION");
+}
+
+#[tokio::test]
+async fn a_table_added_to_the_dataset_is_copied_by_the_running_subscription() {
+    let (provider_pg, provider_su) = provider().await;
+    provider_su
+        .batch_execute(
+            "ALTER TABLE vaccination_records ADD PRIMARY KEY (id);
+             ALTER TABLE diagnoses ADD PRIMARY KEY (id); INSERT INTO diagnoses VALUES (7, 'J10');",
+        )
+        .await
+        .unwrap();
+    let (_consumer_pg, consumer_su) = consumer_server().await;
+    let one = vaccinations(&["id", "district"]);
+    publish(&provider_su, &one, true).await;
+    subscribe(&provider_pg, &provider_su, &consumer_su, &one).await;
+    eventually(
+        &consumer_su,
+        "SELECT district FROM vaccination_records",
+        &["Ba Dinh"],
+    )
+    .await;
+    let mut two = one.clone();
+    two.push(GrantedTable {
+        schema: "public".into(),
+        table: "diagnoses".into(),
+        columns: vec!["id".into(), "code".into()],
+    });
+    publish(&provider_su, &two, false).await;
+    subscribe(&provider_pg, &provider_su, &consumer_su, &two).await;
+    eventually(&consumer_su, "SELECT code FROM diagnoses", &["J10"]).await;
+}
+
+#[tokio::test]
+async fn a_table_whose_key_is_not_granted_cannot_be_published() {
+    let (_pg, su) = provider().await;
+    let keyless = replication_sql::describe(&su, &vaccinations(&["id", "district"]))
+        .await
+        .unwrap();
+    let reason = replication_sql::unpublishable(&keyless).expect("no primary key");
+    assert!(reason.contains("no primary key"), "{reason}");
+    su.batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    let uncovered = replication_sql::describe(&su, &vaccinations(&["district"]))
+        .await
+        .unwrap();
+    let reason = replication_sql::unpublishable(&uncovered).expect("key not granted");
+    assert!(reason.contains("replica identity column(s) id"), "{reason}");
 }

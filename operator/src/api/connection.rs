@@ -23,6 +23,7 @@ use super::common::Agency;
     printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumer.namespace"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Valid Until","type":"string","jsonPath":".spec.validUntil"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.replication.lagSeconds","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -154,9 +155,30 @@ pub struct DataSharingConnectionStatus {
     /// The tables and columns granted, e.g. `public.t(a,b)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_objects: Vec<String>,
-    /// The delivered credentials Secret.
+    /// The delivered credentials Secret (ReadOnly mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
+    /// The publication, subscription and lag (Replicate mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
+}
+
+/// Where granted rows are replicated to, and how far behind the copy is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationStatus {
+    /// The publication on the provider (named like the role).
+    pub publication: String,
+    /// The subscription in the consumer's database (named like the role).
+    pub subscription: String,
+    /// The consumer's SectorDatabase, as `namespace/name`.
+    pub target: String,
+    /// True while the provider streams changes to the subscription.
+    pub streaming: bool,
+    /// Whole seconds between a commit on the provider and its replay in the consumer's
+    /// database, as the provider last measured it; 0 when caught up.
+    #[schemars(range(min = 0))]
+    pub lag_seconds: i64,
 }
 
 /// Phase of a DataSharingConnection.

@@ -1,6 +1,7 @@
 //! The DataSharingConnection controller: deny by default, grant exactly the declared dataset
-//! (ReadOnly mode), revoke within seconds of deletion, suspension or expiry, and log every grant
-//! and revocation with the connection's UID.
+//! (ReadOnly: a role and a Secret; Replicate: a publication and a subscription), revoke within
+//! seconds of deletion, suspension or expiry, and log every grant and revocation with the
+//! connection's UID.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,13 +21,13 @@ use kube::{Api, ResourceExt};
 use super::ca::operator_ca;
 use super::{Context, Error, Result, announce, apply_child, event, now, write_status};
 use crate::api::connection::{
-    ConnectionPhase, DataSharingConnectionStatus, SecretRef, SharingMode,
+    ConnectionPhase, DataSharingConnectionStatus, ReplicationStatus, SecretRef, SharingMode,
 };
 use crate::api::{DataSharingConnection, SectorDatabase};
 use crate::conditions::{Want, settle, status_of};
-use crate::pgconf::PORT;
+use crate::pgconf::{PORT, TLS_DIR};
 use crate::sharing_sql::{self, GrantedTable};
-use crate::{dataplane, pki, sharing, sql, validate};
+use crate::{dataplane, pki, replication_sql, sharing, sql, validate};
 
 pub const CONTROLLER: &str = "connection";
 const FINALIZER: &str = "sectordb.io/connection";
@@ -34,6 +35,8 @@ const FINALIZER: &str = "sectordb.io/connection";
 /// What the controller read about the objects a connection names.
 pub struct Facts<'a> {
     pub provider: Option<&'a SectorDatabase>,
+    /// Replicate mode: the consumer's SectorDatabase named by `spec.replicateInto`.
+    pub target: Option<&'a SectorDatabase>,
     pub consumer_namespace_exists: bool,
     pub now: &'a Time,
 }
@@ -112,19 +115,7 @@ pub fn decide(conn: &DataSharingConnection, facts: &Facts) -> Decision {
             ),
         );
     }
-    if spec.mode == SharingMode::Replicate {
-        return deny(
-            ConnectionPhase::Pending,
-            "ReplicationNotSupported",
-            "mode Replicate is not implemented in this operator version; use ReadOnly",
-        );
-    }
-    if provider
-        .status
-        .as_ref()
-        .and_then(|s| status_of(&s.conditions, "Ready"))
-        != Some("True")
-    {
+    if !is_ready(provider) {
         return deny(
             ConnectionPhase::Pending,
             "ProviderNotReady",
@@ -134,7 +125,45 @@ pub fn decide(conn: &DataSharingConnection, facts: &Facts) -> Decision {
             ),
         );
     }
+    if let (SharingMode::Replicate, Some(into)) = (spec.mode, &spec.replicate_into) {
+        let Some(target) = facts.target else {
+            return deny(
+                ConnectionPhase::Pending,
+                "TargetNotFound",
+                format!(
+                    "spec.replicateInto.database: no SectorDatabase {:?} in namespace {:?}",
+                    into.database, spec.consumer.namespace
+                ),
+            );
+        };
+        if !is_ready(target) {
+            return deny(
+                ConnectionPhase::Pending,
+                "TargetNotReady",
+                format!(
+                    "waiting for SectorDatabase {:?} in namespace {:?} to be Ready before replicating into it",
+                    into.database, spec.consumer.namespace
+                ),
+            );
+        }
+    }
     Decision::Grant(tables)
+}
+
+fn is_ready(db: &SectorDatabase) -> bool {
+    db.status
+        .as_ref()
+        .and_then(|s| status_of(&s.conditions, "Ready"))
+        == Some("True")
+}
+
+/// How the consumer receives the granted data.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    /// ReadOnly: credentials in the consumer's namespace.
+    Secret(SecretRef),
+    /// Replicate: a subscription in the consumer's database.
+    Subscription(ReplicationStatus),
 }
 
 /// What happened in PostgreSQL this reconcile.
@@ -143,11 +172,21 @@ pub enum Outcome {
     Granted {
         role: String,
         tables: Vec<GrantedTable>,
-        secret: SecretRef,
+        delivery: Delivery,
     },
-    /// A grant was allowed but PostgreSQL refused it (e.g. a declared table does not exist yet).
-    GrantFailed(String),
+    /// A grant was allowed but could not be made (e.g. a declared table does not exist yet).
+    GrantFailed {
+        reason: &'static str,
+        message: String,
+    },
     NotGranted,
+}
+
+fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome::GrantFailed {
+        reason,
+        message: message.into(),
+    }
 }
 
 /// The status a connection should have. Pure.
@@ -171,7 +210,7 @@ pub fn desired_status(
             Outcome::Granted {
                 role,
                 tables,
-                secret,
+                delivery,
             },
         ) => {
             status.role = Some(role.clone());
@@ -180,21 +219,43 @@ pub fn desired_status(
                 status.revoked_at = None;
             }
             status.granted_objects = tables.iter().map(GrantedTable::describe).collect();
-            status.secret_ref = Some(secret.clone());
-            let message = format!(
-                "{} may read {} until {}",
-                conn.spec.consumer.namespace,
-                status.granted_objects.join(", "),
-                conn.spec.valid_until.0
-            );
-            (ConnectionPhase::Active, true, "Granted", message)
+            let objects = status.granted_objects.join(", ");
+            let until = &conn.spec.valid_until.0;
+            let consumer = &conn.spec.consumer.namespace;
+            match delivery {
+                Delivery::Secret(secret) => {
+                    status.secret_ref = Some(secret.clone());
+                    status.replication = None;
+                    let message = format!("{consumer} may read {objects} until {until}");
+                    (ConnectionPhase::Active, true, "Granted", message)
+                }
+                Delivery::Subscription(replication) => {
+                    status.secret_ref = None;
+                    status.replication = Some(replication.clone());
+                    let target = &replication.target;
+                    if replication.streaming {
+                        let message = format!(
+                            "{objects} replicate into {target} until {until}; lag {} s",
+                            replication.lag_seconds
+                        );
+                        (ConnectionPhase::Active, true, "Replicating", message)
+                    } else {
+                        let message = format!(
+                            "{objects} are granted to {target}; waiting for its subscription to stream"
+                        );
+                        (
+                            ConnectionPhase::Active,
+                            false,
+                            "ReplicationStarting",
+                            message,
+                        )
+                    }
+                }
+            }
         }
-        (_, Outcome::GrantFailed(error)) => (
-            ConnectionPhase::Pending,
-            false,
-            "GrantFailed",
-            error.clone(),
-        ),
+        (_, Outcome::GrantFailed { reason, message }) => {
+            (ConnectionPhase::Pending, false, *reason, message.clone())
+        }
         (
             Decision::Deny {
                 phase,
@@ -208,6 +269,7 @@ pub fn desired_status(
             }
             status.granted_objects.clear();
             status.secret_ref = None;
+            status.replication = None;
             let phase = if was_granted && *phase == ConnectionPhase::Denied {
                 ConnectionPhase::Revoked
             } else {
@@ -222,67 +284,88 @@ pub fn desired_status(
             "granting".to_string(),
         ),
     };
+    let granted = matches!(outcome, Outcome::Granted { .. });
     let wanted = vec![
         Want::new("Ready", ready, reason, message.clone()),
-        Want::new("Granted", ready, reason, message),
+        Want::new("Granted", granted, reason, message),
     ];
     status.phase = Some(phase);
     status.conditions = settle(wanted, &previous.conditions, generation, now);
     status
 }
 
-/// When to look again: at the expiry instant at the latest, so a lapsed grant is revoked on time.
-fn next_check(conn: &DataSharingConnection, decision: &Decision, now: &Time) -> Action {
+/// When to look again: at the expiry instant at the latest, so a lapsed grant is revoked on time;
+/// soon while a grant is failing or a subscription is starting; every half minute while rows
+/// replicate, so status shows the current lag.
+fn next_check(
+    conn: &DataSharingConnection,
+    decision: &Decision,
+    outcome: &Outcome,
+    now: &Time,
+) -> Action {
     let until = &conn.spec.valid_until.0;
     if until <= &now.0 {
         return Action::await_change();
     }
     let left = until.duration_since(now.0).unsigned_abs();
-    let recheck = match decision {
-        Decision::Deny {
-            reason: "ConsumerNamespaceNotFound" | "ProviderNotFound",
+    let replicating = match outcome {
+        Outcome::Granted {
+            delivery: Delivery::Subscription(replication),
             ..
-        } => Duration::from_secs(30),
-        Decision::Deny {
-            phase: ConnectionPhase::Suspended | ConnectionPhase::Denied,
-            ..
-        } => Duration::from_secs(3600),
+        } => Some(replication.streaming),
+        _ => None,
+    };
+    let recheck = match (decision, outcome, replicating) {
+        (_, Outcome::GrantFailed { .. }, _) => Duration::from_secs(10),
+        (_, _, Some(false)) => Duration::from_secs(2),
+        (_, _, Some(true)) => Duration::from_secs(30),
+        (
+            Decision::Deny {
+                reason: "ConsumerNamespaceNotFound" | "ProviderNotFound" | "TargetNotFound",
+                ..
+            },
+            _,
+            _,
+        ) => Duration::from_secs(30),
+        (
+            Decision::Deny {
+                phase: ConnectionPhase::Suspended | ConnectionPhase::Denied,
+                ..
+            },
+            _,
+            _,
+        ) => Duration::from_secs(3600),
         _ => Duration::from_secs(300),
     };
     // A little after the instant, so the check itself sees the connection expired.
     Action::requeue(left.min(recheck) + Duration::from_millis(200))
 }
 
-/// A superuser session on the provider's application database.
-async fn provider_session(
+/// A superuser session on a SectorDatabase's application database, or why there is none.
+async fn superuser_session(
     ctx: &Context,
-    provider: &SectorDatabase,
+    db: &SectorDatabase,
 ) -> Result<std::result::Result<tokio_postgres::Client, String>> {
-    let namespace = provider.namespace().unwrap_or_default();
-    let endpoint = provider
-        .status
-        .as_ref()
-        .and_then(|s| s.endpoints.as_ref()?.read_write.clone());
-    let Some(endpoint) = endpoint else {
-        return Ok(Err("the provider has no endpoint yet".into()));
-    };
-    let Some(addr) = endpoint
-        .cluster_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-    else {
-        return Ok(Err("the provider's Service has no ClusterIP".into()));
+    let namespace = db.namespace().unwrap_or_default();
+    let Some((endpoint, addr)) = read_write_endpoint(db) else {
+        return Ok(Err(format!(
+            "SectorDatabase {namespace}/{} has no read-write address yet",
+            db.name_any()
+        )));
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let superuser = secrets
-        .get_opt(&dataplane::names(&provider.name_any()).superuser)
+        .get_opt(&dataplane::names(&db.name_any()).superuser)
         .await?;
     let Some(password) = superuser
         .as_ref()
         .and_then(|s| s.data.as_ref()?.get("password"))
         .and_then(|p| String::from_utf8(p.0.clone()).ok())
     else {
-        return Ok(Err("the provider's superuser Secret is missing".into()));
+        return Ok(Err(format!(
+            "the superuser Secret of {namespace}/{} is missing",
+            db.name_any()
+        )));
     };
     let ca = operator_ca(ctx).await?;
     let target = sql::Target {
@@ -293,27 +376,75 @@ async fn provider_session(
         password: &password,
         ca_pem: &ca.cert_pem,
     };
-    Ok(sql::connect(&target, &provider.spec.database.name)
+    Ok(sql::connect(&target, &db.spec.database.name)
         .await
         .map_err(|e| e.to_string()))
 }
 
-/// Grants access and delivers the credentials. Side effects live here and in `revoke_access`.
+/// The read-write Service of a database as status reports it: its DNS name and ClusterIP.
+fn read_write_endpoint(db: &SectorDatabase) -> Option<(crate::api::database::Endpoint, IpAddr)> {
+    let endpoint = db
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.as_ref()?.read_write.clone())?;
+    let addr = endpoint.cluster_ip.as_deref()?.parse::<IpAddr>().ok()?;
+    Some((endpoint, addr))
+}
+
+/// Grants access and delivers it the way the mode asks. Side effects live here and in
+/// `revoke_access`.
 async fn grant_access(
     ctx: &Context,
     conn: &DataSharingConnection,
     provider: &SectorDatabase,
+    target: Option<&SectorDatabase>,
     tables: Vec<GrantedTable>,
 ) -> Result<Outcome> {
     let role = sharing_sql::role_name(&conn.uid().unwrap_or_default());
-    let session = match provider_session(ctx, provider).await? {
+    let session = match superuser_session(ctx, provider).await? {
         Ok(session) => session,
         Err(error) => {
-            return Ok(Outcome::GrantFailed(format!(
-                "cannot reach the provider database: {error}"
-            )));
+            return Ok(failed(
+                "ProviderUnreachable",
+                format!("cannot reach the provider database: {error}"),
+            ));
         }
     };
+    let delivery = match (conn.spec.mode, target) {
+        (SharingMode::Replicate, Some(target)) => {
+            replicate(ctx, conn, provider, target, &session, &role, &tables).await?
+        }
+        _ => deliver_secret(ctx, conn, provider, &session, &role, &tables).await?,
+    };
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(outcome) => return Ok(outcome),
+    };
+    let policies: Api<NetworkPolicy> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    apply_child(
+        ctx,
+        CONTROLLER,
+        &policies,
+        sharing::network_policy(conn, provider),
+    )
+    .await?;
+    Ok(Outcome::Granted {
+        role,
+        tables,
+        delivery,
+    })
+}
+
+/// ReadOnly: the role's column grants and the consumer's credentials Secret.
+async fn deliver_secret(
+    ctx: &Context,
+    conn: &DataSharingConnection,
+    provider: &SectorDatabase,
+    session: &tokio_postgres::Client,
+    role: &str,
+    tables: &[GrantedTable],
+) -> Result<std::result::Result<Delivery, Outcome>> {
     let consumer_secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &conn.spec.consumer.namespace);
     let name = sharing::secret_name(conn);
@@ -324,24 +455,22 @@ async fn grant_access(
         .and_then(|p| String::from_utf8(p.0.clone()).ok());
     let password = known.clone().unwrap_or_else(|| pki::password(32));
     let grant = sharing_sql::Grant {
-        role: &role,
+        role,
         password: &password,
         connection_limit: conn.spec.connection_limit,
         database: &provider.spec.database.name,
-        tables: &tables,
+        tables,
         set_password: known.is_none(),
+        replication: false,
     };
-    if let Err(error) = sharing_sql::grant(&session, &grant).await {
-        return Ok(Outcome::GrantFailed(format!(
-            "PostgreSQL refused the grant: {error}"
+    if let Err(error) = sharing_sql::grant(session, &grant).await {
+        return Ok(Err(failed(
+            "GrantFailed",
+            format!("PostgreSQL refused the grant: {error}"),
         )));
     }
-    let rw = provider
-        .status
-        .as_ref()
-        .and_then(|s| s.endpoints.as_ref()?.read_write.clone())
-        .unwrap_or_default();
-    let host_addr = rw.cluster_ip.unwrap_or_default();
+    let (rw, addr) = read_write_endpoint(provider).expect("a session was opened to this address");
+    let host_addr = addr.to_string();
     let endpoint = dataplane::Endpoint {
         host: &rw.host,
         host_addr: &host_addr,
@@ -352,31 +481,136 @@ async fn grant_access(
         ctx,
         CONTROLLER,
         &consumer_secrets,
-        sharing::consumer_secret(conn, &endpoint, &role, &password, &ca.cert_pem),
+        sharing::consumer_secret(conn, &endpoint, role, &password, &ca.cert_pem),
     )
     .await?;
-    let policies: Api<NetworkPolicy> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    apply_child(
-        ctx,
-        CONTROLLER,
-        &policies,
-        sharing::network_policy(conn, provider),
-    )
-    .await?;
-    let secret = SecretRef {
+    Ok(Ok(Delivery::Secret(SecretRef {
         namespace: conn.spec.consumer.namespace.clone(),
         name,
-    };
-    Ok(Outcome::Granted {
-        role,
-        tables,
-        secret,
-    })
+    })))
 }
 
-/// Revokes in PostgreSQL (when the provider is there to ask), deletes the consumer's Secret and
-/// closes the network path. Safe to run when nothing was ever granted.
+/// Replicate: the role (with REPLICATION) and its column grants, a publication of exactly the
+/// granted columns, the target tables and a subscription in the consumer's database. The role's
+/// password is set anew only when the subscription is created: the subscription is the only
+/// holder of it, so no Secret is written.
+async fn replicate(
+    ctx: &Context,
+    conn: &DataSharingConnection,
+    provider: &SectorDatabase,
+    target: &SectorDatabase,
+    session: &tokio_postgres::Client,
+    role: &str,
+    tables: &[GrantedTable],
+) -> Result<std::result::Result<Delivery, Outcome>> {
+    let target_name = format!(
+        "{}/{}",
+        target.namespace().unwrap_or_default(),
+        target.name_any()
+    );
+    let consumer = match superuser_session(ctx, target).await? {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            return Ok(Err(failed(
+                "TargetUnreachable",
+                format!("cannot reach {target_name}: {error}"),
+            )));
+        }
+    };
+    let sources = match replication_sql::describe(session, tables).await {
+        Ok(sources) => sources,
+        Err(error) => {
+            return Ok(Err(failed(
+                "GrantFailed",
+                format!("PostgreSQL refused to describe the dataset: {error}"),
+            )));
+        }
+    };
+    if let Some(problem) = replication_sql::unpublishable(&sources) {
+        return Ok(Err(failed("NotReplicable", problem)));
+    }
+    let (rw, addr) = read_write_endpoint(provider).expect("a session was opened to this address");
+    let steps = async {
+        let subscribed = replication_sql::subscribed(&consumer, role).await?;
+        let password = pki::password(32);
+        let grant = sharing_sql::Grant {
+            role,
+            password: &password,
+            connection_limit: conn.spec.connection_limit,
+            database: &provider.spec.database.name,
+            tables,
+            set_password: !subscribed,
+            replication: true,
+        };
+        sharing_sql::grant(session, &grant).await?;
+        replication_sql::publish(session, role, &sources).await?;
+        replication_sql::ensure_targets(&consumer, &sources, &target.spec.database.owner).await?;
+        let addr = addr.to_string();
+        let ca_file = format!("{TLS_DIR}/ca.crt");
+        let source = replication_sql::Source {
+            host: &rw.host,
+            addr: &addr,
+            port: PORT as u16,
+            dbname: &provider.spec.database.name,
+            user: role,
+            password: &password,
+            ca_file: &ca_file,
+        };
+        replication_sql::subscribe(&consumer, role, &source).await?;
+        if subscribed {
+            replication_sql::refresh_if_tables_changed(&consumer, role, &sources).await?;
+        }
+        replication_sql::stream(session, role).await
+    };
+    let stream = match steps.await {
+        Ok(stream) => stream,
+        Err(error) => {
+            return Ok(Err(failed(
+                "GrantFailed",
+                format!("PostgreSQL refused a replication step: {error}"),
+            )));
+        }
+    };
+    Ok(Ok(Delivery::Subscription(ReplicationStatus {
+        publication: role.to_string(),
+        subscription: role.to_string(),
+        target: target_name,
+        streaming: stream.streaming,
+        lag_seconds: stream.lag_seconds,
+    })))
+}
+
+/// The consumer database the spec asks to replicate into, as (namespace, name).
+fn wanted_target(conn: &DataSharingConnection) -> Option<(String, String)> {
+    conn.spec
+        .replicate_into
+        .as_ref()
+        .filter(|_| conn.spec.mode == SharingMode::Replicate)
+        .map(|into| (conn.spec.consumer.namespace.clone(), into.database.clone()))
+}
+
+/// The consumer database a subscription was made in, as status records it.
+fn subscribed_target(conn: &DataSharingConnection) -> Option<(String, String)> {
+    let target = &conn.status.as_ref()?.replication.as_ref()?.target;
+    let (namespace, name) = target.split_once('/')?;
+    Some((namespace.to_string(), name.to_string()))
+}
+
+async fn read_database(
+    ctx: &Context,
+    at: Option<(String, String)>,
+) -> Result<Option<SectorDatabase>> {
+    let Some((namespace, name)) = at else {
+        return Ok(None);
+    };
+    let databases: Api<SectorDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
+    Ok(databases.get_opt(&name).await?)
+}
+
+/// Revokes in PostgreSQL (when the provider is there to ask): the role loses its grants and
+/// sessions, which stops any replication at once; then drops the publication and its slot, the
+/// consumer's subscription (keeping the copied rows) and Secret, and closes the network path.
+/// Safe to run when nothing was ever granted.
 async fn revoke_access(
     ctx: &Context,
     conn: &DataSharingConnection,
@@ -384,12 +618,28 @@ async fn revoke_access(
 ) -> Result<()> {
     let role = sharing_sql::role_name(&conn.uid().unwrap_or_default());
     if let Some(provider) = provider {
-        match provider_session(ctx, provider).await? {
-            Ok(session) => sharing_sql::revoke(&session, &role, &provider.spec.database.name)
+        match superuser_session(ctx, provider).await? {
+            Ok(session) => {
+                sharing_sql::revoke(&session, &role, &provider.spec.database.name)
+                    .await
+                    .map_err(|e| Error::Sql(e.to_string()))?;
+                replication_sql::drop_publication(&session, &role)
+                    .await
+                    .map_err(|e| Error::Sql(e.to_string()))?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, role, "provider unreachable: the role could not be revoked in PostgreSQL")
+            }
+        }
+    }
+    let target = subscribed_target(conn).or_else(|| wanted_target(conn));
+    if let Some(target) = read_database(ctx, target).await? {
+        match superuser_session(ctx, &target).await? {
+            Ok(session) => replication_sql::unsubscribe(&session, &role)
                 .await
                 .map_err(|e| Error::Sql(e.to_string()))?,
             Err(error) => {
-                tracing::warn!(%error, role, "provider unreachable: the role could not be revoked in PostgreSQL")
+                tracing::warn!(%error, role, "consumer database unreachable: its subscription could not be dropped")
             }
         }
     }
@@ -448,9 +698,11 @@ async fn read_provider(
     ctx: &Context,
     conn: &DataSharingConnection,
 ) -> Result<Option<SectorDatabase>> {
-    let databases: Api<SectorDatabase> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    Ok(databases.get_opt(&conn.spec.provider.database).await?)
+    let at = (
+        conn.namespace().unwrap_or_default(),
+        conn.spec.provider.database.clone(),
+    );
+    read_database(ctx, Some(at)).await
 }
 
 async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -> Result<Action> {
@@ -463,9 +715,11 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
         .get_opt(&conn.spec.consumer.namespace)
         .await?
         .is_some();
+    let target = read_database(ctx, wanted_target(&conn)).await?;
     let now = now();
     let facts = Facts {
         provider: provider.as_ref(),
+        target: target.as_ref(),
         consumer_namespace_exists,
         now: &now,
     };
@@ -474,7 +728,7 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
     let was_granted = previous.granted_at.is_some() && previous.revoked_at.is_none();
     let outcome = match (&decision, provider.as_ref()) {
         (Decision::Grant(tables), Some(provider)) => {
-            grant_access(ctx, &conn, provider, tables.clone()).await?
+            grant_access(ctx, &conn, provider, target.as_ref(), tables.clone()).await?
         }
         (Decision::Deny { .. }, _) if was_granted || previous.role.is_some() => {
             revoke_access(ctx, &conn, provider.as_ref()).await?;
@@ -514,10 +768,7 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
         announce(ctx, &*conn, &previous.conditions, ready).await;
     }
-    Ok(match outcome {
-        Outcome::GrantFailed(_) => Action::requeue(Duration::from_secs(10)),
-        _ => next_check(&conn, &decision, &now),
-    })
+    Ok(next_check(&conn, &decision, &outcome, &now))
 }
 
 async fn cleanup(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -> Result<Action> {
@@ -561,17 +812,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let api: Api<DeserializeGuard<DataSharingConnection>> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let connections = controller.store();
-    // A provider's change (declared datasets, readiness) re-evaluates every connection on it.
+    // A database's change (declared datasets, readiness) re-evaluates every connection that
+    // reads from it or replicates into it.
     let databases: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
     controller
         .watches(databases, watcher::Config::default(), move |db| {
-            let (namespace, name) = (db.namespace(), db.name_any());
+            let at = (db.namespace().unwrap_or_default(), db.name_any());
             connections
                 .state()
                 .into_iter()
                 .filter(|c| {
-                    c.namespace() == namespace
-                        && c.0.as_ref().is_ok_and(|c| c.spec.provider.database == name)
+                    c.0.as_ref().is_ok_and(|c| {
+                        let provider = (
+                            c.namespace().unwrap_or_default(),
+                            c.spec.provider.database.clone(),
+                        );
+                        provider == at || wanted_target(c).as_ref() == Some(&at)
+                    })
                 })
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
@@ -630,11 +887,21 @@ mod tests {
         provider: Option<&SectorDatabase>,
         ns: bool,
     ) -> (ConnectionPhase, &'static str) {
+        decided_into(conn, provider, None, ns)
+    }
+
+    fn decided_into(
+        conn: &DataSharingConnection,
+        provider: Option<&SectorDatabase>,
+        target: Option<&SectorDatabase>,
+        ns: bool,
+    ) -> (ConnectionPhase, &'static str) {
         let now = at("2026-11-23T00:00:00Z");
         match decide(
             conn,
             &Facts {
                 provider,
+                target,
                 consumer_namespace_exists: ns,
                 now: &now,
             },
@@ -688,7 +955,7 @@ mod tests {
     }
 
     #[test]
-    fn an_eligible_read_only_connection_is_granted_and_replicate_is_not_pretended() {
+    fn an_eligible_read_only_connection_is_granted() {
         let p = provider(vaccinations(), true);
         assert_eq!(
             decided(
@@ -699,14 +966,23 @@ mod tests {
             .1,
             "Grant"
         );
+    }
+
+    #[test]
+    fn replication_waits_for_a_ready_target_database() {
+        let p = provider(vaccinations(), true);
+        let c = conn("2027-01-01T00:00:00Z", false, "Replicate");
         assert_eq!(
-            decided(
-                &conn("2027-01-01T00:00:00Z", false, "Replicate"),
-                Some(&p),
-                true
-            ),
-            (ConnectionPhase::Pending, "ReplicationNotSupported")
+            decided_into(&c, Some(&p), None, true),
+            (ConnectionPhase::Pending, "TargetNotFound")
         );
+        let starting = provider(json!([]), false);
+        assert_eq!(
+            decided_into(&c, Some(&p), Some(&starting), true),
+            (ConnectionPhase::Pending, "TargetNotReady")
+        );
+        let ready = provider(json!([]), true);
+        assert_eq!(decided_into(&c, Some(&p), Some(&ready), true).1, "Grant");
     }
 
     #[test]
@@ -740,12 +1016,13 @@ mod tests {
             &c,
             &Facts {
                 provider: None,
+                target: None,
                 consumer_namespace_exists: true,
                 now: &now,
             },
         );
         assert_eq!(
-            next_check(&c, &decision, &now),
+            next_check(&c, &decision, &Outcome::NotGranted, &now),
             Action::requeue(Duration::from_millis(20_200))
         );
     }
@@ -769,7 +1046,7 @@ mod tests {
             &Outcome::Granted {
                 role: "dsc_u1".into(),
                 tables,
-                secret,
+                delivery: Delivery::Secret(secret),
             },
             &t("2026-11-23T00:00:00Z"),
         );
@@ -792,5 +1069,47 @@ mod tests {
         assert_eq!(revoked.revoked_at, Some(t("2026-11-23T01:00:00Z")));
         assert_eq!(revoked.role.as_deref(), Some("dsc_u1"));
         assert!(revoked.granted_objects.is_empty() && revoked.secret_ref.is_none());
+    }
+
+    #[test]
+    fn a_subscription_is_ready_only_while_it_streams_and_reports_its_lag() {
+        let c = conn("2027-01-01T00:00:00Z", false, "Replicate");
+        let tables = vec![GrantedTable {
+            schema: "public".into(),
+            table: "v".into(),
+            columns: vec!["id".into()],
+        }];
+        let outcome = |streaming| Outcome::Granted {
+            role: "dsc_u1".into(),
+            tables: tables.clone(),
+            delivery: Delivery::Subscription(ReplicationStatus {
+                publication: "dsc_u1".into(),
+                subscription: "dsc_u1".into(),
+                target: "so-lao-dong/w".into(),
+                streaming,
+                lag_seconds: 3,
+            }),
+        };
+        let now = at("2026-11-23T00:00:00Z");
+        let decision = Decision::Grant(tables.clone());
+        let starting = desired_status(&c, &decision, &outcome(false), &now);
+        assert_eq!(starting.phase, Some(ConnectionPhase::Active));
+        assert_eq!(status_of(&starting.conditions, "Ready"), Some("False"));
+        assert_eq!(status_of(&starting.conditions, "Granted"), Some("True"));
+        assert!(starting.secret_ref.is_none());
+        let streaming = desired_status(&c, &decision, &outcome(true), &now);
+        assert_eq!(status_of(&streaming.conditions, "Ready"), Some("True"));
+        assert_eq!(
+            streaming.replication.as_ref().map(|r| r.lag_seconds),
+            Some(3)
+        );
+        assert_eq!(
+            next_check(&c, &decision, &outcome(true), &now),
+            Action::requeue(Duration::from_millis(30_200))
+        );
+        assert_eq!(
+            next_check(&c, &decision, &outcome(false), &now),
+            Action::requeue(Duration::from_millis(2_200))
+        );
     }
 }

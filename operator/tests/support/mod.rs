@@ -78,6 +78,8 @@ impl Postgres {
         .unwrap();
         write_owned(&dir.join("tls.crt"), &server.cert_pem, 0o644);
         write_owned(&dir.join("tls.key"), &server.key_pem, 0o600);
+        // Another server subscribing to this one verifies it with this file.
+        write_owned(&dir.join("ca.crt"), &ca.cert_pem, 0o644);
         write_owned(&dir.join("pw"), SUPERUSER_PASSWORD, 0o600);
         write_owned(&dir.join("pg_hba.conf"), &pgconf::pg_hba_conf(spec), 0o644);
         // The operator's file, then the paths of this test's directory (later lines win).
