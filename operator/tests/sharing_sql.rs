@@ -21,13 +21,26 @@ fn vaccinations(columns: &[&str]) -> Vec<GrantedTable> {
     }]
 }
 
-/// A provider database with a shared table, a private table and a private schema.
-async fn provider() -> (Postgres, tokio_postgres::Client) {
+/// A server with the application database and its owner, and a superuser session on that
+/// database.
+async fn server_with_database() -> (Postgres, tokio_postgres::Client) {
     install_crypto();
     let pg = Postgres::start(&spec(3, "Required"));
     sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), OWNER_PASSWORD)
         .await
         .unwrap();
+    let su = sql::connect(
+        &pg.target("postgres", support::SUPERUSER_PASSWORD),
+        "health",
+    )
+    .await
+    .unwrap();
+    (pg, su)
+}
+
+/// A provider database with a shared table, a private table and a private schema.
+async fn provider() -> (Postgres, tokio_postgres::Client) {
+    let (pg, su) = server_with_database().await;
     let owner = sql::connect(&pg.target("app", OWNER_PASSWORD), "health")
         .await
         .unwrap();
@@ -40,12 +53,6 @@ async fn provider() -> (Postgres, tokio_postgres::Client) {
         )
         .await
         .unwrap();
-    let su = sql::connect(
-        &pg.target("postgres", support::SUPERUSER_PASSWORD),
-        "health",
-    )
-    .await
-    .unwrap();
     (pg, su)
 }
 
@@ -310,21 +317,6 @@ async fn subscribe(
         .unwrap();
 }
 
-/// A second server in the consumer's role, with its database, and a superuser session on it.
-async fn consumer_server() -> (Postgres, tokio_postgres::Client) {
-    let pg = Postgres::start(&spec(3, "Required"));
-    sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), OWNER_PASSWORD)
-        .await
-        .unwrap();
-    let su = sql::connect(
-        &pg.target("postgres", support::SUPERUSER_PASSWORD),
-        "health",
-    )
-    .await
-    .unwrap();
-    (pg, su)
-}
-
 async fn rows_in(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
     client
         .query(query, &[])
@@ -348,25 +340,40 @@ async fn eventually(client: &tokio_postgres::Client, query: &str, want: &[&str])
     panic!("{query}: wanted {want:?}, still {seen:?} after 20 s");
 }
 
-#[tokio::test]
-async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation() {
+/// A provider whose shared table has a primary key, a consumer server subscribed to `columns` of
+/// it as the controller subscribes one, and the existing row already copied.
+async fn replicating(
+    columns: &[&str],
+) -> (
+    Postgres,
+    tokio_postgres::Client,
+    Postgres,
+    tokio_postgres::Client,
+) {
     let (provider_pg, provider_su) = provider().await;
     provider_su
         .batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
         .await
         .unwrap();
-    let (consumer_pg, consumer_su) = consumer_server().await;
-    let tables = vaccinations(&["id", "district", "vaccine"]);
+    let (consumer_pg, consumer_su) = server_with_database().await;
+    let tables = vaccinations(columns);
     publish(&provider_su, &tables, true).await;
     subscribe(&provider_pg, &provider_su, &consumer_su, &tables).await;
-
-    // The existing row is copied, then changes stream; the undeclared column never arrives.
     eventually(
         &consumer_su,
         "SELECT district FROM vaccination_records ORDER BY id",
         &["Ba Dinh"],
     )
     .await;
+    (provider_pg, provider_su, consumer_pg, consumer_su)
+}
+
+#[tokio::test]
+async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation() {
+    let (provider_pg, provider_su, consumer_pg, consumer_su) =
+        replicating(&["id", "district", "vaccine"]).await;
+    let tables = vaccinations(&["id", "district", "vaccine"]);
+    // The existing row was copied; changes stream; the undeclared column never arrives.
     provider_su
         .batch_execute(
             "INSERT INTO vaccination_records VALUES (2, 'Hoan Kiem', 'BCG', '2026-02-03', 'Tran Thi B');
@@ -465,24 +472,15 @@ async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation(
 
 #[tokio::test]
 async fn a_table_added_to_the_dataset_is_copied_by_the_running_subscription() {
-    let (provider_pg, provider_su) = provider().await;
+    let (provider_pg, provider_su, _consumer_pg, consumer_su) =
+        replicating(&["id", "district"]).await;
     provider_su
         .batch_execute(
-            "ALTER TABLE vaccination_records ADD PRIMARY KEY (id);
-             ALTER TABLE diagnoses ADD PRIMARY KEY (id); INSERT INTO diagnoses VALUES (7, 'J10');",
+            "ALTER TABLE diagnoses ADD PRIMARY KEY (id); INSERT INTO diagnoses VALUES (7, 'J10');",
         )
         .await
         .unwrap();
-    let (_consumer_pg, consumer_su) = consumer_server().await;
     let one = vaccinations(&["id", "district"]);
-    publish(&provider_su, &one, true).await;
-    subscribe(&provider_pg, &provider_su, &consumer_su, &one).await;
-    eventually(
-        &consumer_su,
-        "SELECT district FROM vaccination_records",
-        &["Ba Dinh"],
-    )
-    .await;
     let mut two = one.clone();
     two.push(GrantedTable {
         schema: "public".into(),
