@@ -15,6 +15,7 @@ use sectordb::api::SectorDatabase;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+pub mod backup;
 pub mod sharing;
 
 /// A SectorDatabase manifest for tests.

@@ -13,13 +13,14 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::SectorDatabase;
+use crate::backup::pgbackrest as backup;
 use crate::pgconf::{self, CONFIG_DIR, PORT, SOCKET_DIR, TLS_DIR};
 
 /// uid and gid of `postgres` in the project's PostgreSQL image (Debian's package assigns them).
 pub const POSTGRES_UID: i64 = 100;
 pub const POSTGRES_GID: i64 = 102;
 pub const DATA_DIR: &str = "/var/lib/postgresql/data";
-const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 /// The role standbys stream as; its password lives in the `<db>-replication` Secret.
 pub const REPLICATION_USER: &str = "streaming_replica";
 /// Pod label the operator keeps on each instance: `primary` (ordinal 0) or `replica`.
@@ -38,6 +39,8 @@ pub struct Names {
     pub superuser: String,
     pub replication: String,
     pub disruption_budget: String,
+    /// pgBackRest's configuration, while a BackupPolicy covers the database.
+    pub backup: String,
 }
 
 pub fn names(db: &str) -> Names {
@@ -53,6 +56,7 @@ pub fn names(db: &str) -> Names {
         superuser: format!("{db}-superuser"),
         replication: format!("{db}-replication"),
         disruption_budget: format!("{db}-primary"),
+        backup: format!("{db}-backup"),
     }
 }
 
@@ -120,9 +124,17 @@ pub fn config_map(db: &SectorDatabase) -> ConfigMap {
 /// A short, stable digest of the configuration files: in the pod template it makes the
 /// StatefulSet restart PostgreSQL exactly when a file changed.
 pub fn config_hash(config: &ConfigMap) -> String {
-    let text = serde_json::to_string(&config.data).unwrap_or_default();
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..8]
+    digest(&[&serde_json::to_string(&config.data).unwrap_or_default()])
+}
+
+/// A short hex digest of `parts` (each length-prefixed, so no two lists collide by joining).
+pub fn digest(parts: &[&str]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part.as_bytes());
+    }
+    context.finish().as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -266,7 +278,9 @@ pub fn stateful_set(
                     "containers": [{
                         "name": "postgres",
                         "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
-                        "command": ["sh", "-c", start],
+                        // tini reaps what pgBackRest's asynchronous archiver leaves behind; as
+                        // PID 1, PostgreSQL would take its failure for a crashed backend.
+                        "command": ["tini", "--", "sh", "-c", start],
                         "env": [
                             {"name": "PRIMARY_ADDR", "value": primary_addr},
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -287,6 +301,7 @@ pub fn stateful_set(
                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
                             {"name": "superuser", "mountPath": "/secrets/superuser", "readOnly": true},
                             {"name": "replication", "mountPath": "/secrets/replication", "readOnly": true},
+                            {"name": "backup", "mountPath": backup::CONFIG_DIR, "readOnly": true},
                             {"name": "run", "mountPath": SOCKET_DIR},
                             {"name": "tmp", "mountPath": "/tmp"}
                         ]
@@ -298,6 +313,9 @@ pub fn stateful_set(
                         {"name": "superuser", "secret": {"secretName": n.superuser, "defaultMode": 0o444,
                             "items": [{"key": "password", "path": "password"}]}},
                         {"name": "replication", "secret": {"secretName": n.replication, "defaultMode": 0o444}},
+                        // Present while a BackupPolicy covers the database; kubelet updates it in
+                        // place, so a policy attaching later restarts nothing.
+                        {"name": "backup", "secret": {"secretName": n.backup, "defaultMode": 0o444, "optional": true}},
                         {"name": "run", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {}}
                     ]
@@ -559,7 +577,10 @@ mod tests {
             env.iter()
                 .any(|e| e.name == "PRIMARY_ADDR" && e.value.as_deref() == Some("10.96.0.9"))
         );
-        let script = &main.command.as_ref().unwrap()[2];
+        let command = main.command.as_ref().unwrap();
+        // tini is PID 1, so a failed asynchronous WAL archiver never restarts PostgreSQL.
+        assert_eq!(command[..4], ["tini", "--", "sh", "-c"]);
+        let script = &command[4];
         assert!(script.contains("pg_basebackup") && script.contains("sslmode=verify-full"));
         assert!(script.contains(&format!("user={REPLICATION_USER}")));
     }

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod conditions;
 pub mod controllers;
 pub mod crdgen;

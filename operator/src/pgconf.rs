@@ -45,6 +45,11 @@ pub fn postgresql_conf(spec: &SectorDatabaseSpec) -> String {
         "wal_level = 'logical'".into(),
         "max_wal_senders = 10".into(),
         "max_replication_slots = 10".into(),
+        // Always on, so a BackupPolicy attaching later needs no restart; until one does, the
+        // command keeps nothing (ALTER SYSTEM sets pgBackRest's while a policy covers it).
+        "archive_mode = on".into(),
+        "archive_command = '/bin/true'".into(),
+        "archive_timeout = 60".into(),
         "shared_preload_libraries = 'pgaudit'".into(),
         "log_destination = 'stderr'".into(),
         "logging_collector = off".into(),

@@ -82,6 +82,10 @@ pub struct Observed {
     pub drill_within: Option<i32>,
     /// Standbys the primary reports as streaming (pg_stat_replication).
     pub streaming_standbys: i32,
+    /// When the last WAL segment was archived (Unix seconds), from pg_stat_archiver.
+    pub last_archived: Option<i64>,
+    /// The archiver's last attempt failed.
+    pub archiving_fails: bool,
 }
 
 impl SecurityProfile {

@@ -14,7 +14,7 @@ use crate::profile::Observed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", explain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -22,6 +22,14 @@ pub enum Error {
     Timeout,
     #[error("{0}")]
     Busy(String),
+}
+
+/// The server's own words for an error it reported ("db error" alone says nothing).
+fn explain(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 /// Where and as whom to connect.
@@ -195,6 +203,32 @@ pub async fn apply_parameters(
     Ok(changed)
 }
 
+/// Sets `archive_command` with ALTER SYSTEM (a BackupPolicy covers the database) or resets it to
+/// postgresql.conf's, which keeps no WAL (none covers it); reloads only when it changed.
+pub async fn set_archive_command(
+    client: &tokio_postgres::Client,
+    command: Option<&str>,
+) -> Result<(), Error> {
+    let current: Option<String> = client
+        .query_opt(
+            "SELECT setting FROM pg_file_settings WHERE name = 'archive_command' \
+             AND sourcefile LIKE '%postgresql.auto.conf'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let statement = match (command, current.as_deref()) {
+        (Some(wanted), current) if current != Some(wanted) => {
+            format!("ALTER SYSTEM SET archive_command = {}", literal(wanted))
+        }
+        (None, Some(_)) => "ALTER SYSTEM RESET archive_command".to_string(),
+        _ => return Ok(()),
+    };
+    client.batch_execute(&statement).await?;
+    client.batch_execute("SELECT pg_reload_conf()").await?;
+    Ok(())
+}
+
 /// What the running server enforces, read from the server itself.
 pub async fn observe(client: &tokio_postgres::Client, level: i32) -> Result<Observed, Error> {
     let plain_accepted: i64 = client
@@ -227,7 +261,16 @@ pub async fn observe(client: &tokio_postgres::Client, level: i32) -> Result<Obse
         )
         .await?
         .get(0);
+    let archiver = client
+        .query_one(
+            "SELECT extract(epoch FROM last_archived_time)::float8, \
+             coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
     Ok(Observed {
+        last_archived: archiver.get::<_, Option<f64>>(0).map(|s| s as i64),
+        archiving_fails: archiver.get(1),
         tls_enforced: plain_accepted == 0 && this_is_tls,
         pgaudit_loaded: preload.split(',').any(|l| l.trim() == "pgaudit") && audit_classes_set,
         streaming_standbys: i32::try_from(streaming).unwrap_or(i32::MAX),

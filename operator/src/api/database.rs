@@ -396,15 +396,35 @@ pub struct BackupState {
     /// Earliest instant the database can be restored to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recoverable_from: Option<Time>,
-    /// Latest instant the database can be restored to.
+    /// Latest instant the database can be restored to: the last WAL archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recoverable_until: Option<Time>,
+    /// The pgBackRest stanza of this database, once created in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stanza: Option<String>,
+    /// How many backups the primary repository holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backups: Option<i32>,
+    /// The latest schedule slot a backup was run for; a slot missed while the operator was down
+    /// is run once, not once per missed slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled: Option<Time>,
+    /// The `sectordb.io/backup-request` value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
 }
 
 /// One completed backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRecord {
+    /// pgBackRest's label of the backup, e.g. `20261130-031138F`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
     /// When it completed.
     pub time: Time,
     /// full, diff or incr.

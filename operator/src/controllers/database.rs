@@ -15,16 +15,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::backups;
 use super::ca::operator_ca;
 use super::{Context, Result, announce, apply_child, event, now, write_status};
-use crate::api::SectorDatabase;
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
     SectorDatabaseStatus,
 };
+use crate::api::{BackupPolicy, SectorDatabase};
 use crate::conditions::{Want, settle};
 use crate::dataplane::{self, Names, Settings};
 use crate::pgconf::PORT;
@@ -50,6 +52,9 @@ pub struct Provisioned {
     pub sql: Option<Result<Observed, String>>,
     /// Problems that do not stop the database, e.g. storage that could not be expanded.
     pub warnings: Vec<String>,
+    /// The backup step's findings; `None` when PostgreSQL could not be asked (the BackedUp
+    /// condition then stays as it was).
+    pub backup: Option<backups::Outcome>,
 }
 
 /// The status a database should have. Pure: `provisioned` is `None` when the spec is invalid
@@ -201,17 +206,36 @@ pub fn desired_status(
             if !p.warnings.is_empty() {
                 degraded.message = format!("{}; {}", degraded.message, p.warnings.join("; "));
             }
-            (
-                phase,
-                vec![ready, progressing, degraded, compliant],
-                Some(pin(db, previous.pinned.as_ref())),
-            )
+            let mut wanted = vec![ready, progressing, degraded, compliant];
+            if let Some(backup) = &p.backup {
+                wanted.push(Want::new(
+                    "BackedUp",
+                    backup.backed_up,
+                    backup.reason,
+                    backup.message.clone(),
+                ));
+            }
+            (phase, wanted, Some(pin(db, previous.pinned.as_ref())))
         }
     };
+    let mut conditions = settle(wanted, &previous.conditions, generation, now);
+    if !conditions.iter().any(|c| c.type_ == "BackedUp") {
+        conditions.extend(
+            previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "BackedUp")
+                .cloned(),
+        );
+    }
+    let backup = provisioned
+        .and_then(|p| p.backup.as_ref()?.state.clone())
+        .or(previous.backup.clone());
     SectorDatabaseStatus {
         observed_generation: generation,
         phase: Some(phase),
-        conditions: settle(wanted, &previous.conditions, generation, now),
+        conditions,
+        backup,
         endpoints: provisioned
             .map(|p| Endpoints {
                 read_write: p.endpoint.clone(),
@@ -231,7 +255,6 @@ pub fn desired_status(
         }),
         compliance: Some(compliance),
         pinned,
-        ..previous
     }
 }
 
@@ -420,7 +443,9 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         cluster_ip: cluster_ips.get(service).cloned(),
         port: PORT,
     };
-    let sql = match (pods_ready, cluster_ip.parse::<IpAddr>()) {
+    let plan = backups::prepare(ctx, db).await?;
+    let archive_command = plan.as_ref().ok().map(|p| p.archive_command.as_str());
+    let mut sql = match (pods_ready, cluster_ip.parse::<IpAddr>()) {
         (0, _) | (_, Err(_)) => None,
         (_, Ok(addr)) => {
             let target = sql::Target {
@@ -432,11 +457,26 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 ca_pem: &ca.cert_pem,
             };
             Some(
-                configure_postgres(db, &target, &passwords[1], &replication_password)
-                    .await
-                    .map_err(|e| e.to_string()),
+                configure_postgres(
+                    db,
+                    &target,
+                    &passwords[1],
+                    &replication_password,
+                    archive_command,
+                )
+                .await
+                .map_err(|e| e.to_string()),
             )
         }
+    };
+    let backup = match (&mut sql, plan) {
+        (Some(Ok(observed)), Ok(plan)) => {
+            let outcome = backups::run(ctx, db, &plan, observed, &now()).await?;
+            observed.backed_up_with_wal = outcome.backed_up;
+            Some(outcome)
+        }
+        (Some(Ok(_)), Err(outcome)) => Some(outcome),
+        _ => None,
     };
     // An instance counts once PostgreSQL says so: the primary answering over TLS, each standby
     // streaming from it. Before the operator reached the primary, the pods' readiness is all
@@ -451,6 +491,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         ready_instances,
         sql,
         warnings,
+        backup,
     })
 }
 
@@ -459,6 +500,7 @@ async fn configure_postgres(
     target: &sql::Target<'_>,
     owner_password: &str,
     replication_password: &str,
+    archive_command: Option<&str>,
 ) -> Result<Observed, sql::Error> {
     // A pod that just turned ready is often not yet behind its Service (kube-proxy programs the
     // endpoint a moment later): a few quick attempts here cost no API calls, unlike a requeue.
@@ -482,6 +524,7 @@ async fn configure_postgres(
     .await?;
     sql::ensure_database(&client, &db.spec, owner_password).await?;
     sql::apply_parameters(&client, &db.spec).await?;
+    sql::set_archive_command(&client, archive_command).await?;
     let observed = sql::observe(&client, db.spec.security_level).await?;
     // A standby that does not stream may hold a password from an earlier Secret (a database
     // re-created on retained volumes keeps its roles): make the role match the Secret again.
@@ -571,6 +614,11 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     for warning in provisioned.iter().flat_map(|p| &p.warnings) {
         event(ctx, &*db, true, "StorageNotExpanded", warning.clone()).await;
     }
+    let backup = provisioned.as_ref().and_then(|p| p.backup.as_ref());
+    if let Some((warning, reason, message)) = backup.and_then(|b| b.event.clone()) {
+        event(ctx, &*db, warning, reason, message).await;
+    }
+    let retry = backup.and_then(|b| b.retry_in);
     let status = desired_status(&db, &ctx.profile, provisioned.as_ref(), &now());
     write_status(ctx, CONTROLLER, &api, &db, &status).await?;
     let previous = db
@@ -581,13 +629,15 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     if let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") {
         announce(ctx, &*db, previous, ready).await;
     }
-    Ok(match status.phase {
-        Some(DatabasePhase::Failed) => Action::await_change(),
+    Ok(match (status.phase, retry) {
+        (Some(DatabasePhase::Failed), _) => Action::await_change(),
+        // A backup configuration on its way to the pod, or a failed backup to retry.
+        (_, Some(retry)) => Action::requeue(retry),
         // Re-check a healthy database now and then: Ready must stay true only while it is.
-        Some(DatabasePhase::Ready) => Action::requeue(Duration::from_secs(60)),
+        (Some(DatabasePhase::Ready), _) => Action::requeue(Duration::from_secs(60)),
         // Something needs a person or a slow fix (a refused volume expansion, a lost pod that
         // the StatefulSet is replacing, which also wakes this controller): no tight loop.
-        Some(DatabasePhase::Degraded) => Action::requeue(Duration::from_secs(30)),
+        (Some(DatabasePhase::Degraded), _) => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
 }
@@ -655,11 +705,22 @@ async fn reconcile(
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
     let statefulsets: Api<StatefulSet> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    let databases = controller.store();
+    // A policy's change may change which policy covers any database.
+    let policies: Api<DeserializeGuard<BackupPolicy>> = Api::all(ctx.client.clone());
+    controller
         .owns(
             statefulsets,
             watcher::Config::default().labels("app.kubernetes.io/name=sectordb-postgres"),
         )
+        .watches(policies, watcher::Config::default(), move |_| {
+            databases
+                .state()
+                .into_iter()
+                .map(|db| ObjectRef::from_obj(&*db))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, super::error_policy(CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))
@@ -704,6 +765,7 @@ mod tests {
             ready_instances,
             sql,
             warnings: vec![],
+            backup: None,
         }
     }
 

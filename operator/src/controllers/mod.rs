@@ -1,6 +1,7 @@
 //! The three controllers and what they share: the context, the error type, status writes and
 //! Events.
 
+pub mod backups;
 pub mod ca;
 pub mod connection;
 pub mod database;

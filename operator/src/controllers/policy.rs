@@ -1,12 +1,15 @@
-//! The BackupPolicy controller. In this version it validates the policy and counts the databases
-//! it selects; it runs no backups yet, so a policy is never Ready and no database is healthy.
+//! The BackupPolicy controller: validates the policy, checks that its Secrets exist, counts the
+//! databases it selects and those it backs up (the database controller runs the backups and
+//! reports them in each database's status), and reports conflicts: a database two policies
+//! select is backed up by neither until one lets go. Off-site mirrors are not kept yet, so a
+//! policy with mirrors says so instead of claiming Ready.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::ListParams;
 use kube::core::{DeserializeGuard, Selector, SelectorExt};
@@ -18,7 +21,8 @@ use kube::{Api, ResourceExt};
 use super::{Context, Result, announce, now, report_undecodable, write_status};
 use crate::api::policy::{BackupPolicyStatus, DatabaseSelector};
 use crate::api::{BackupPolicy, SectorDatabase};
-use crate::conditions::{Want, settle};
+use crate::backup::schedule;
+use crate::conditions::{Want, settle, status_of};
 use crate::validate;
 
 pub const CONTROLLER: &str = "policy";
@@ -50,33 +54,106 @@ pub fn selects(
             || selector.security_levels.contains(&db.spec.security_level))
 }
 
+/// What the controller read about the databases and Secrets a policy names.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub selected: i32,
+    /// Selected databases whose BackedUp condition is True under this policy.
+    pub healthy: i32,
+    /// Selected databases another policy selects too, as `namespace/name`.
+    pub conflicts: Vec<String>,
+    /// Secrets or keys the policy names that the operator's namespace lacks.
+    pub missing: Vec<String>,
+    /// The latest backup among the databases it covers.
+    pub last_run: Option<Time>,
+}
+
 /// The status a policy should have. Pure.
-pub fn desired_status(policy: &BackupPolicy, selected: i32, now: &Time) -> BackupPolicyStatus {
-    let want = match validate::policy(&policy.spec) {
+pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> BackupPolicyStatus {
+    let spec = &policy.spec;
+    let primary = spec.repositories.first().map_or("", |r| r.name.as_str());
+    let mirrors: Vec<&str> = spec
+        .repositories
+        .iter()
+        .skip(1)
+        .map(|r| r.name.as_str())
+        .collect();
+    let counts = format!(
+        "{} of {} selected databases backed up to {primary}",
+        facts.healthy, facts.selected
+    );
+    let want = match validate::policy(spec) {
         Err(violations) => Want::new(
             "Ready",
             false,
             "InvalidSpec",
             validate::describe(&violations),
         ),
-        Ok(()) => Want::new(
+        Ok(()) if !facts.missing.is_empty() => Want::new(
             "Ready",
             false,
-            "BackupsNotRunning",
+            "SecretsMissing",
             format!(
-                "{selected} databases selected; this operator version does not run backups yet"
+                "the operator's namespace lacks {}",
+                facts.missing.join(", ")
             ),
         ),
+        Ok(()) if !facts.conflicts.is_empty() => Want::new(
+            "Ready",
+            false,
+            "PolicyConflict",
+            format!(
+                "{} also selected by another BackupPolicy and backed up by neither; {counts}",
+                facts.conflicts.join(", ")
+            ),
+        ),
+        Ok(()) if !mirrors.is_empty() => Want::new(
+            "Ready",
+            false,
+            "MirrorsNotRunning",
+            format!(
+                "{counts}; the off-site mirror(s) {} are not kept by this operator version",
+                mirrors.join(", ")
+            ),
+        ),
+        Ok(()) => Want::new("Ready", true, "BackingUp", counts),
     };
     let previous = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
     BackupPolicyStatus {
         observed_generation: generation,
         conditions: settle(vec![want], &previous.conditions, generation, now),
-        selected_databases: Some(selected),
-        healthy_databases: Some(0),
+        selected_databases: Some(facts.selected),
+        healthy_databases: Some(facts.healthy),
+        last_run: facts.last_run.clone().or(previous.last_run.clone()),
+        next_run: schedule::next_run(&spec.schedule, now.0).map(Time),
         ..previous
     }
+}
+
+/// The Secrets and keys a policy names that `present` (name -> keys) lacks.
+fn missing_secrets(policy: &BackupPolicy, present: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    if let Some(primary) = policy.spec.repositories.first() {
+        let c = &primary.s3.credentials_secret;
+        wanted.push((&c.name, &c.access_key_id_key));
+        wanted.push((&c.name, &c.secret_access_key_key));
+        if let Some(ca) = &primary.s3.ca_secret {
+            wanted.push((&ca.name, &ca.key));
+        }
+    }
+    if let Some(e) = &policy.spec.encryption {
+        wanted.push((&e.key_secret.name, &e.key_secret.key));
+    }
+    wanted
+        .into_iter()
+        .filter(|(name, key)| {
+            !present
+                .get(*name)
+                .is_some_and(|keys| keys.iter().any(|k| k == key))
+        })
+        .map(|(name, key)| format!("Secret {name:?} key {key:?}"))
+        .collect()
 }
 
 async fn reconcile(
@@ -99,19 +176,64 @@ async fn reconcile(
     let databases = Api::<DeserializeGuard<SectorDatabase>>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?;
+    let others: Vec<BackupPolicy> = Api::<DeserializeGuard<BackupPolicy>>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|guard| guard.0.ok())
+        .filter(|p| p.name_any() != policy.name_any())
+        .collect();
+    let present: BTreeMap<String, Vec<String>> =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .map(|s| {
+                let keys = s.data.unwrap_or_default().into_keys().collect();
+                (s.metadata.name.unwrap_or_default(), keys)
+            })
+            .collect();
     let no_labels = BTreeMap::new();
-    let selected = databases
-        .iter()
-        .filter_map(|guard| guard.0.as_ref().ok())
-        .filter(|db| {
-            let labels = db
-                .namespace()
-                .and_then(|ns| namespaces.get(&ns))
-                .unwrap_or(&no_labels);
-            selects(&policy.spec.database_selector, labels, db)
-        })
-        .count();
-    let status = desired_status(policy, i32::try_from(selected).unwrap_or(i32::MAX), &now());
+    let mut facts = Facts {
+        missing: missing_secrets(policy, &present),
+        ..Facts::default()
+    };
+    for db in databases.iter().filter_map(|guard| guard.0.as_ref().ok()) {
+        let labels = db
+            .namespace()
+            .and_then(|ns| namespaces.get(&ns))
+            .unwrap_or(&no_labels);
+        if !selects(&policy.spec.database_selector, labels, db) {
+            continue;
+        }
+        facts.selected += 1;
+        if others
+            .iter()
+            .any(|p| selects(&p.spec.database_selector, labels, db))
+        {
+            facts.conflicts.push(format!(
+                "{}/{}",
+                db.namespace().unwrap_or_default(),
+                db.name_any()
+            ));
+            continue;
+        }
+        let Some(status) = &db.status else { continue };
+        let backup = status
+            .backup
+            .as_ref()
+            .filter(|b| b.policy.as_deref() == Some(&policy.name_any()));
+        if status_of(&status.conditions, "BackedUp") == Some("True") && backup.is_some() {
+            facts.healthy += 1;
+        }
+        let last = backup
+            .and_then(|b| b.last_successful.as_ref())
+            .map(|l| l.time.clone());
+        if last.as_ref().map(|t| t.0) > facts.last_run.as_ref().map(|t| t.0) {
+            facts.last_run = last;
+        }
+    }
+    let status = desired_status(policy, &facts, &now());
     write_status(&ctx, CONTROLLER, &api, policy, &status).await?;
     let previous = policy
         .status
@@ -121,8 +243,8 @@ async fn reconcile(
     if let Some(ready) = status.conditions.first() {
         announce(&ctx, policy, previous, ready).await;
     }
-    // Namespace labels are not watched; a periodic look keeps the count true when they change.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Namespace labels and Secrets are not watched; a periodic look keeps the counts true.
+    Ok(Action::requeue(Duration::from_secs(120)))
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
@@ -202,5 +324,67 @@ mod tests {
             &labels(&[]),
             &db(1, json!({"tier": "bronze"}))
         ));
+    }
+
+    fn policy(repositories: usize) -> BackupPolicy {
+        let repo = |i: usize| {
+            json!({"name": format!("r{i}"), "role": "Other", "s3": {
+            "endpoint": "https://s3.example:9443", "bucket": "b", "credentialsSecret": {"name": "s3"}}})
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "sectordb.io/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": "p", "generation": 1},
+            "spec": {"databaseSelector": {}, "schedule": {"full": "0 1 * * 0"}, "retention": {"fullBackups": 2},
+                     "repositories": (0..repositories).map(repo).collect::<Vec<_>>(),
+                     "encryption": {"keySecret": {"name": "enc"}}}
+        }))
+        .unwrap()
+    }
+
+    fn ready(status: &BackupPolicyStatus) -> (String, String) {
+        let c = &status.conditions[0];
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_policy_is_ready_only_with_its_secrets_no_conflicts_and_no_mirror_it_cannot_keep() {
+        let now = Time("2026-11-30T00:00:00Z".parse().unwrap());
+        let facts = Facts {
+            selected: 2,
+            healthy: 1,
+            ..Facts::default()
+        };
+        let status = desired_status(&policy(1), &facts, &now);
+        assert_eq!(ready(&status), ("True".into(), "BackingUp".into()));
+        assert_eq!(status.healthy_databases, Some(1));
+        assert!(status.next_run.is_some());
+        let mirrored = desired_status(&policy(2), &facts, &now);
+        assert_eq!(
+            ready(&mirrored),
+            ("False".into(), "MirrorsNotRunning".into())
+        );
+        let conflict = Facts {
+            conflicts: vec!["ns/db".into()],
+            ..Facts::default()
+        };
+        assert_eq!(
+            ready(&desired_status(&policy(1), &conflict, &now)),
+            ("False".into(), "PolicyConflict".into())
+        );
+    }
+
+    #[test]
+    fn secrets_and_keys_the_policy_names_must_exist() {
+        let present = BTreeMap::from([(
+            "s3".to_string(),
+            vec![
+                "AWS_ACCESS_KEY_ID".to_string(),
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+            ],
+        )]);
+        assert_eq!(
+            missing_secrets(&policy(1), &present),
+            ["Secret \"enc\" key \"passphrase\""]
+        );
     }
 }

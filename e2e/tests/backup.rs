@@ -1,0 +1,259 @@
+//! BackupPolicy end to end, against the harness's real S3 servers: a policy selects a database,
+//! the operator backs it up encrypted to the provincial data center, status agrees with the
+//! bucket, a request annotation runs a backup, retention expires the oldest, and two policies on
+//! one database are a conflict reported on both.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use sectordb::api::{BackupPolicy, SectorDatabase};
+use sectordb_e2e::backup::{ObjectStore, object_stores, objects, repository};
+use sectordb_e2e::{
+    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, wait_for,
+};
+use serde_json::json;
+
+const READY: Duration = Duration::from_secs(180);
+const BACKED_UP: Duration = Duration::from_secs(240);
+
+fn condition(db: Option<&SectorDatabase>, type_: &str) -> Option<(String, String)> {
+    let c = db?
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+fn last_label(db: Option<&SectorDatabase>) -> Option<String> {
+    db?.status
+        .as_ref()?
+        .backup
+        .as_ref()?
+        .last_successful
+        .as_ref()?
+        .label
+        .clone()
+}
+
+/// A namespace labelled for `policy`'s selector, the policy (the provincial data center only,
+/// encrypted with a passphrase Secret made for it) and, unless `second_policy`, nothing else.
+struct Setup {
+    ns: TestNamespace,
+    policies: Vec<String>,
+    client: Client,
+}
+
+impl Setup {
+    async fn new(client: &Client, prefix: &str, policies: usize) -> Result<(Setup, ObjectStore)> {
+        let ns = TestNamespace::create(client, prefix).await?;
+        let label = json!({"metadata": {"labels": {"sectordb.io/backup": ns.name}}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+        let store = object_stores()?
+            .into_iter()
+            .find(|s| s.role == "ProvincialDataCenter")
+            .context("no provincial data center object store")?;
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": ns.name},
+            "stringData": {"passphrase": format!("passphrase of {}", ns.name)}
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let mut names = Vec::new();
+        for i in 0..policies {
+            let name = format!("{}-{i}", ns.name);
+            let policy: BackupPolicy = serde_json::from_value(json!({
+                "apiVersion": "sectordb.io/v1alpha1", "kind": "BackupPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "databaseSelector": {"namespaceSelector": {"matchLabels": {"sectordb.io/backup": ns.name}}},
+                    "schedule": {"full": "0 1 * * 0", "timeZone": "Asia/Ho_Chi_Minh"},
+                    "retention": {"fullBackups": 2},
+                    "repositories": [repository(&store, &format!("/{}", ns.name))],
+                    "encryption": {"keySecret": {"name": ns.name}}
+                }
+            }))?;
+            Api::<BackupPolicy>::all(client.clone())
+                .create(&PostParams::default(), &policy)
+                .await?;
+            names.push(name);
+        }
+        Ok((
+            Setup {
+                ns,
+                policies: names,
+                client: client.clone(),
+            },
+            store,
+        ))
+    }
+
+    async fn delete(self) -> Result<()> {
+        let policies: Api<BackupPolicy> = Api::all(self.client.clone());
+        for name in &self.policies {
+            policies.delete(name, &DeleteParams::default()).await?;
+        }
+        Api::<Secret>::namespaced(self.client.clone(), OPERATOR_NAMESPACE)
+            .delete(&self.ns.name, &DeleteParams::default())
+            .await?;
+        self.ns.delete().await
+    }
+}
+
+async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says() -> Result<()> {
+    let client = client().await?;
+    let (setup, store) = Setup::new(&client, "backup", 1).await?;
+    let ns = setup.ns.name.clone();
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("db", 3))?,
+    )
+    .await?;
+    wait_for(&api, "db", READY, "Ready", is_ready).await?;
+    // The first backup comes by itself: nothing is recoverable before one.
+    let first = wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
+        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
+    })
+    .await?;
+    let first_label = last_label(first.as_ref()).context("no label after the first backup")?;
+
+    let marker = format!("MARKER-{ns}-row");
+    let app = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("db-app")
+        .await?;
+    connect_with(&app)
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
+        ))
+        .await?;
+    let mut labels = vec![first_label];
+    for request in ["1", "2"] {
+        request_backup(&api, request).await?;
+        let db = wait_for(&api, "db", BACKED_UP, "requested backup recorded", |db| {
+            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
+                .as_deref()
+                == Some(request)
+        })
+        .await?;
+        let label = last_label(db.as_ref()).context("no label")?;
+        assert!(
+            !labels.contains(&label),
+            "backup {request} made no new label"
+        );
+        labels.push(label);
+    }
+    let db = api.get("db").await?;
+    let backup = db
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.clone())
+        .context("no status.backup")?;
+    assert_eq!(
+        backup.backups,
+        Some(2),
+        "retention keeps 2 full backups: {backup:?}"
+    );
+    let last = backup
+        .last_successful
+        .clone()
+        .context("no lastSuccessful")?;
+    assert_eq!(last.kind, "full");
+    assert!(last.size_bytes > 0);
+    assert_eq!(last.repos, std::slice::from_ref(&store.name));
+    assert!(backup.recoverable_from.is_some() && backup.recoverable_until.is_some());
+    let stanza = backup.stanza.clone().context("no stanza")?;
+
+    // The bucket agrees, and holds no plaintext of the marker row.
+    let found = objects(&client, &store, &format!("/{ns}"), &marker).await?;
+    let has = |label: &str| {
+        found
+            .iter()
+            .any(|o| o.key.contains(&format!("backup/{stanza}/{label}/")))
+    };
+    assert!(
+        has(&labels[1]) && has(&labels[2]),
+        "newest backups missing from the bucket"
+    );
+    assert!(
+        !has(&labels[0]),
+        "the oldest full backup outlived retention"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|o| o.key.contains(&format!("archive/{stanza}/"))),
+        "no WAL archived"
+    );
+    let plain: Vec<&str> = found
+        .iter()
+        .filter(|o| o.has_marker)
+        .map(|o| o.key.as_str())
+        .collect();
+    assert!(plain.is_empty(), "plaintext of the marker row in {plain:?}");
+    assert!(found.iter().map(|o| o.size).sum::<i64>() > 0);
+
+    let policy = Api::<BackupPolicy>::all(client.clone())
+        .get(&setup.policies[0])
+        .await?;
+    let status = policy.status.context("no policy status")?;
+    assert_eq!(
+        (status.selected_databases, status.healthy_databases),
+        (Some(1), Some(1))
+    );
+    assert_eq!(status.conditions[0].reason, "BackingUp");
+    assert!(status.last_run.is_some() && status.next_run.is_some());
+    setup.delete().await
+}
+
+#[tokio::test]
+async fn a_database_two_policies_select_is_a_conflict_reported_on_both() -> Result<()> {
+    let client = client().await?;
+    let (setup, _) = Setup::new(&client, "conflict", 2).await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &setup.ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("db", 3))?,
+    )
+    .await?;
+    wait_for(&api, "db", READY, "PolicyConflict", |db| {
+        condition(db, "BackedUp") == Some(("False".into(), "PolicyConflict".into()))
+    })
+    .await?;
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    for name in &setup.policies {
+        wait_for(
+            &policies,
+            name,
+            Duration::from_secs(60),
+            "policy reports the conflict",
+            |p| {
+                p.and_then(|p| p.status.as_ref()?.conditions.first().cloned())
+                    .is_some_and(|c| c.reason == "PolicyConflict" && c.message.contains("/db"))
+            },
+        )
+        .await?;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &setup.ns.name);
+    assert!(
+        secrets.get_opt("db-backup").await?.is_none(),
+        "no backup configuration while the conflict lasts"
+    );
+    setup.delete().await
+}

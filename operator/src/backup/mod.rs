@@ -1,0 +1,7 @@
+//! Backups with pgBackRest: what the operator writes into a database's pod (configuration),
+//! what it runs there (commands through `pods/exec`), when (the policy's schedule), and what it
+//! reads back (`pgbackrest info`, the only source of what status reports).
+
+pub mod exec;
+pub mod pgbackrest;
+pub mod schedule;

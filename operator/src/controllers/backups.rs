@@ -1,0 +1,395 @@
+//! The backup step of a SectorDatabase's reconcile: which BackupPolicy covers the database,
+//! pgBackRest's configuration in its namespace, the stanza, the backups the schedule or a request
+//! asks for (run in the primary's pod), and what the repository then holds. Status is built from
+//! `pgbackrest info` only, so it never lists a backup the repository does not have.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams};
+use kube::core::DeserializeGuard;
+use kube::{Api, ResourceExt};
+
+use super::database::CONTROLLER as CONTROLLER_DATABASE;
+use super::{Context, Result, apply_child};
+use crate::api::database::BackupState;
+use crate::api::{BackupPolicy, SectorDatabase};
+use crate::backup::exec;
+use crate::backup::pgbackrest::{self, Kind, RepositorySecrets};
+use crate::backup::schedule;
+use crate::profile::Observed;
+use crate::{dataplane, pgconf, validate};
+
+/// Annotating a SectorDatabase with a new value of this asks for a full backup now.
+pub const REQUEST_ANNOTATION: &str = "sectordb.io/backup-request";
+/// pgBackRest's exit code when another process holds the stanza's backup lock.
+const LOCK_HELD: i32 = 50;
+
+/// pgBackRest's set-up for a database one policy covers.
+pub struct Plan {
+    policy: BackupPolicy,
+    stanza: String,
+    digest: String,
+    pub archive_command: String,
+}
+
+/// What the backup step found: the BackedUp condition, `status.backup`, and an Event to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub backed_up: bool,
+    pub reason: &'static str,
+    pub message: String,
+    pub state: Option<BackupState>,
+    /// (warning, reason, message)
+    pub event: Option<(bool, &'static str, String)>,
+    /// Look again this soon (a pending configuration, a failed backup).
+    pub retry_in: Option<Duration>,
+}
+
+fn not_backed_up(reason: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome {
+        backed_up: false,
+        reason,
+        message: message.into(),
+        state: None,
+        event: None,
+        retry_in: None,
+    }
+}
+
+/// The valid policies that select `db`.
+async fn selecting(ctx: &Context, db: &SectorDatabase) -> Result<Vec<BackupPolicy>> {
+    let namespace = db.namespace().unwrap_or_default();
+    let labels = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&namespace)
+        .await?
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    let policies = Api::<DeserializeGuard<BackupPolicy>>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    Ok(policies
+        .into_iter()
+        .filter_map(|guard| guard.0.ok())
+        .filter(|p| super::policy::selects(&p.spec.database_selector, &labels, db))
+        .collect())
+}
+
+/// A value from a Secret in the operator's namespace, or what is missing.
+async fn secret_value(
+    secrets: &Api<Secret>,
+    name: &str,
+    key: &str,
+) -> Result<std::result::Result<String, String>> {
+    let secret = secrets.get_opt(name).await?;
+    Ok(secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .ok_or_else(|| format!("Secret {name:?} with key {key:?}")))
+}
+
+/// Finds the policy that covers `db` and writes pgBackRest's configuration for it into the
+/// database's namespace (`<db>-backup`). Nothing is written when no policy, or more than one,
+/// selects the database; a database no policy covers loses the configuration.
+pub async fn prepare(
+    ctx: &Context,
+    db: &SectorDatabase,
+) -> Result<std::result::Result<Plan, Outcome>> {
+    let namespace = db.namespace().unwrap_or_default();
+    let n = dataplane::names(&db.name_any());
+    let own: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut policies = selecting(ctx, db).await?;
+    if policies.len() > 1 {
+        let names: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
+        return Ok(Err(not_backed_up(
+            "PolicyConflict",
+            format!(
+                "selected by BackupPolicies {}: exactly one may cover a database; nothing is changed until the conflict is resolved",
+                names.join(", ")
+            ),
+        )));
+    }
+    let Some(policy) = policies.pop() else {
+        if own.get_opt(&n.backup).await?.is_some() {
+            own.delete(&n.backup, &DeleteParams::default()).await?;
+            ctx.metrics.write(CONTROLLER_DATABASE, "Secret");
+        }
+        return Ok(Err(not_backed_up(
+            "NoPolicy",
+            "no BackupPolicy selects this database",
+        )));
+    };
+    if let Err(violations) = validate::policy(&policy.spec) {
+        return Ok(Err(not_backed_up(
+            "PolicyInvalid",
+            format!(
+                "BackupPolicy {}: {}",
+                policy.name_any(),
+                validate::describe(&violations)
+            ),
+        )));
+    }
+    let operator: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let s3 = &policy.spec.repositories[0].s3;
+    let mut missing = Vec::new();
+    let mut read = |found: std::result::Result<String, String>| match found {
+        Ok(value) => Some(value),
+        Err(what) => {
+            missing.push(what);
+            None
+        }
+    };
+    let credentials = &s3.credentials_secret;
+    let key_id =
+        read(secret_value(&operator, &credentials.name, &credentials.access_key_id_key).await?);
+    let key_secret = read(
+        secret_value(
+            &operator,
+            &credentials.name,
+            &credentials.secret_access_key_key,
+        )
+        .await?,
+    );
+    let ca = match &s3.ca_secret {
+        Some(ca) => read(secret_value(&operator, &ca.name, &ca.key).await?),
+        None => None,
+    };
+    let passphrase = match &policy.spec.encryption {
+        Some(e) => read(secret_value(&operator, &e.key_secret.name, &e.key_secret.key).await?),
+        None => None,
+    };
+    let (Some(key_id), Some(key_secret), true) = (key_id, key_secret, missing.is_empty()) else {
+        return Ok(Err(not_backed_up(
+            "PolicySecretsMissing",
+            format!(
+                "BackupPolicy {} names what namespace {} lacks: {}",
+                policy.name_any(),
+                ctx.namespace,
+                missing.join(", ")
+            ),
+        )));
+    };
+    let stanza = pgbackrest::stanza(&namespace, &db.name_any(), &db.uid().unwrap_or_default());
+    let config = pgbackrest::config(
+        &policy.spec,
+        &RepositorySecrets {
+            access_key_id: &key_id,
+            secret_access_key: &key_secret,
+            ca_pem: ca.as_deref(),
+            passphrase: passphrase.as_deref(),
+        },
+        &stanza,
+        dataplane::PGDATA,
+        dataplane::DATA_DIR,
+        pgconf::SOCKET_DIR,
+    );
+    let files = pgbackrest::secret_files(&config, ca.as_deref());
+    let digest = files
+        .iter()
+        .find(|(name, _)| *name == "digest")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    apply_child(
+        ctx,
+        CONTROLLER_DATABASE,
+        &own,
+        dataplane::opaque_secret(db, &n.backup, &borrowed),
+    )
+    .await?;
+    Ok(Ok(Plan {
+        archive_command: pgbackrest::archive_command(&stanza),
+        policy,
+        stanza,
+        digest,
+    }))
+}
+
+fn time(seconds: i64) -> Option<Time> {
+    jiff::Timestamp::from_second(seconds).ok().map(Time)
+}
+
+/// Creates the stanza once, runs the backup that is due (a new `sectordb.io/backup-request`
+/// value, the first backup, or a schedule slot), and reads back what the repository holds. Call
+/// when the primary answers SQL, with what SQL observed.
+pub async fn run(
+    ctx: &Context,
+    db: &SectorDatabase,
+    plan: &Plan,
+    observed: &Observed,
+    now: &Time,
+) -> Result<Outcome> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let pod = format!("{}-0", db.name_any());
+    let policy_name = plan.policy.name_any();
+    let repo = plan.policy.spec.repositories[0].name.clone();
+    let previous = db
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.clone())
+        .filter(|b| b.stanza.as_deref() == Some(&plan.stanza))
+        .unwrap_or_default();
+    let mut state = BackupState {
+        policy: Some(policy_name.clone()),
+        recoverable_until: observed.last_archived.and_then(time),
+        ..previous.clone()
+    };
+    let exec_in = |args: &[&str], seconds: u64| {
+        let command = pgbackrest::command(&plan.stanza, seconds, args);
+        let pods = pods.clone();
+        let pod = pod.clone();
+        async move { exec::run(&pods, &pod, command, Duration::from_secs(seconds + 30)).await }
+    };
+    let failed = |reason: &'static str, message: String, state: &BackupState| Outcome {
+        backed_up: state.last_successful.is_some() && !observed.archiving_fails,
+        reason,
+        message: message.clone(),
+        state: Some(state.clone()),
+        event: Some((true, reason, message)),
+        retry_in: Some(Duration::from_secs(120)),
+    };
+
+    let seen = exec::run(
+        &pods,
+        &pod,
+        vec!["cat".into(), pgbackrest::DIGEST_FILE.into()],
+        Duration::from_secs(30),
+    )
+    .await;
+    if !seen.is_ok_and(|o| o.succeeded() && o.stdout.trim() == plan.digest) {
+        return Ok(Outcome {
+            retry_in: Some(Duration::from_secs(10)),
+            state: Some(state),
+            ..not_backed_up(
+                "ConfigurationPending",
+                format!(
+                    "waiting for pod {pod} to see the backup configuration of policy {policy_name} (kubelet refreshes Secret volumes within about a minute)"
+                ),
+            )
+        });
+    }
+    if previous.stanza.is_none() {
+        match exec_in(&["stanza-create"], 120).await {
+            Ok(out) if out.succeeded() => state.stanza = Some(plan.stanza.clone()),
+            Ok(out) => {
+                return Ok(failed(
+                    "StanzaCreateFailed",
+                    format!("pgbackrest stanza-create in {repo}: {}", out.tail()),
+                    &state,
+                ));
+            }
+            Err(error) => return Ok(failed("StanzaCreateFailed", error, &state)),
+        }
+    }
+
+    let request = db.annotations().get(REQUEST_ANNOTATION).cloned();
+    let requested = request.is_some() && request != previous.last_request;
+    let last_slot = previous.last_scheduled.as_ref().map(|t| t.0);
+    let due = schedule::due(&plan.policy.spec.schedule, last_slot, now.0);
+    let kind = match (requested, due) {
+        (true, _) => Some(Kind::Full),
+        (false, Some(due)) => Some(due.kind),
+        (false, None) => None,
+    };
+    let mut event = None;
+    if let Some(kind) = kind {
+        let type_arg = format!("--type={}", kind.as_str());
+        let out = match exec_in(&[&type_arg, "backup"], 3600).await {
+            Ok(out) => out,
+            Err(error) => return Ok(failed("BackupFailed", error, &state)),
+        };
+        if out.code == Some(LOCK_HELD) {
+            return Ok(Outcome {
+                event: None,
+                retry_in: Some(Duration::from_secs(30)),
+                ..failed(
+                    "BackupRunning",
+                    "another pgBackRest backup of this database is still running".into(),
+                    &state,
+                )
+            });
+        }
+        if !out.succeeded() {
+            return Ok(failed(
+                "BackupFailed",
+                format!("{} backup to {repo}: {}", kind.as_str(), out.tail()),
+                &state,
+            ));
+        }
+        if let Some(due) = due {
+            state.last_scheduled = Some(Time(due.slot));
+        }
+        if requested {
+            state.last_request = request;
+        }
+        event = Some((false, "BackupCompleted", String::new()));
+    }
+    if kind.is_some() || previous.last_successful.is_none() {
+        let out = match exec_in(&["info", "--output=json"], 120).await {
+            Ok(out) if out.succeeded() => out,
+            Ok(out) => {
+                return Ok(failed(
+                    "InfoFailed",
+                    format!("pgbackrest info: {}", out.tail()),
+                    &state,
+                ));
+            }
+            Err(error) => return Ok(failed("InfoFailed", error, &state)),
+        };
+        let backups = match pgbackrest::parse_info(&out.stdout, &repo) {
+            Ok(backups) => backups,
+            Err(error) => return Ok(failed("InfoFailed", error, &state)),
+        };
+        state.backups = Some(i32::try_from(backups.len()).unwrap_or(i32::MAX));
+        state.recoverable_from = backups.first().map(|b| b.time.clone());
+        state.last_successful = backups.last().cloned();
+    }
+    let Some(last) = state.last_successful.clone() else {
+        return Ok(Outcome {
+            state: Some(state),
+            retry_in: Some(Duration::from_secs(30)),
+            ..not_backed_up(
+                "NoBackupYet",
+                format!("no backup of this database in {repo} yet"),
+            )
+        });
+    };
+    let label = last.label.clone().unwrap_or_default();
+    let event = event.map(|(warning, reason, _)| {
+        (
+            warning,
+            reason,
+            format!(
+                "{} backup {label} in {repo}, {} bytes",
+                last.kind, last.size_bytes
+            ),
+        )
+    });
+    if observed.archiving_fails {
+        return Ok(Outcome {
+            event,
+            ..failed(
+                "ArchivingFails",
+                format!(
+                    "the last WAL archive attempt to {repo} failed; the latest backup is {label}"
+                ),
+                &state,
+            )
+        });
+    }
+    Ok(Outcome {
+        backed_up: true,
+        reason: "BackedUp",
+        message: format!(
+            "{} backup {label} of {} in {repo} (policy {policy_name}); {} backups kept",
+            last.kind,
+            last.time.0,
+            state.backups.unwrap_or(0)
+        ),
+        state: Some(state),
+        event,
+        retry_in: None,
+    })
+}
