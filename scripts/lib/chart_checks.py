@@ -187,6 +187,7 @@ def check_operator_rbac(docs, namespace, dep):
             ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch", "delete"},
             ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
             ("", "pods"): {"get", "list", "patch"},
+            ("", "pods/exec"): {"get", "create"},
             ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
         }
         for r in SECTORDB_RESOURCES:
