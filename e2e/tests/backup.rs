@@ -12,7 +12,8 @@ use kube::{Api, Client};
 use sectordb::api::{BackupPolicy, SectorDatabase};
 use sectordb_e2e::backup::{ObjectStore, object_stores, objects, repository};
 use sectordb_e2e::{
-    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, wait_for,
+    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, proxy_get,
+    wait_for,
 };
 use serde_json::json;
 
@@ -209,6 +210,26 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     assert!(plain.is_empty(), "plaintext of the marker row in {plain:?}");
     assert!(found.iter().map(|o| o.size).sum::<i64>() > 0);
 
+    // The operator's metrics carry the same backup (one replica: the chart's default).
+    let metrics = proxy_get(
+        &client,
+        OPERATOR_NAMESPACE,
+        "services/sectordb-operator-metrics:http-metrics",
+        "/metrics",
+    )
+    .await?;
+    let series = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sectordb_backup_last_success_timestamp_seconds{")
+                && l.contains(&format!("namespace=\"{ns}\""))
+        })
+        .context("no backup metric for the database")?;
+    assert!(
+        series.ends_with(&format!(" {}", last.time.0.as_second())),
+        "{series}"
+    );
+
     let policy = Api::<BackupPolicy>::all(client.clone())
         .get(&setup.policies[0])
         .await?;
@@ -255,5 +276,128 @@ async fn a_database_two_policies_select_is_a_conflict_reported_on_both() -> Resu
         secrets.get_opt("db-backup").await?.is_none(),
         "no backup configuration while the conflict lasts"
     );
+    setup.delete().await
+}
+
+/// A SectorDatabase manifest that starts from `source`'s backups in `policy`, at `target_time`.
+fn restored(name: &str, namespace: &str, policy: &str, target_time: &str) -> serde_json::Value {
+    let mut db = database(name, 3);
+    db["spec"]["bootstrap"] = json!({"fromBackup": {
+        "policy": policy, "database": {"namespace": namespace, "name": "db"}, "targetTime": target_time}});
+    db
+}
+
+#[tokio::test]
+async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() -> Result<()> {
+    let client = client().await?;
+    let (setup, _) = Setup::new(&client, "pitr", 1).await?;
+    let ns = setup.ns.name.clone();
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("db", 3))?,
+    )
+    .await?;
+    wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
+        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let app = connect_with(&secrets.get("db-app").await?).await?;
+    app.batch_execute("CREATE TABLE rows (v text); INSERT INTO rows VALUES ('A')")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let target: String = app
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+            &[],
+        )
+        .await?
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.batch_execute("INSERT INTO rows VALUES ('B')").await?;
+    // B's WAL segment must reach the repository, or recovery could not see past the target.
+    let su = connect_with(&secrets.get("db-superuser").await?).await?;
+    let segment: String = su
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await?
+        .get(0);
+    sectordb_e2e::poll(Duration::from_secs(60), "B's WAL archived", || async {
+        let archived: Option<String> = su
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        (archived? >= segment).then_some(())
+    })
+    .await?;
+    // A target past what was archived is refused before anything is created.
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(restored(
+            "too-late",
+            &ns,
+            &setup.policies[0],
+            "2099-01-01T00:00:00Z",
+        ))?,
+    )
+    .await?;
+    let refused = wait_for(&api, "too-late", READY, "restore refused", |db| {
+        sectordb_e2e::ready_reason(db).is_some_and(|r| r.1 == "RestoreSourceUnavailable")
+    })
+    .await?;
+    let message = sectordb_e2e::ready_reason(refused.as_ref())
+        .context("no Ready")?
+        .2;
+    assert!(message.contains("targetTime"), "{message}");
+    // The source's status must show the archive up to the target: have it looked at now.
+    let refresh = json!({"metadata": {"annotations": {"sectordb.io/e2e-refresh": "after-b"}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&refresh))
+        .await?;
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(restored("restored", &ns, &setup.policies[0], &target))?,
+    )
+    .await?;
+    let db = wait_for(
+        &api,
+        "restored",
+        Duration::from_secs(300),
+        "restored Ready",
+        is_ready,
+    )
+    .await?
+    .context("restored database vanished")?;
+    let restore = db
+        .status
+        .and_then(|s| s.restore)
+        .context("no status.restore")?;
+    let source = api.get("db").await?;
+    let source_stanza = source
+        .status
+        .and_then(|s| s.backup?.stanza)
+        .context("no stanza")?;
+    assert_eq!(restore.stanza, source_stanza);
+    assert_eq!(
+        restore.target_time.map(|t| t.0.to_string()),
+        Some(target.clone())
+    );
+    let copy = connect_with(&secrets.get("restored-app").await?).await?;
+    let rows: Vec<String> = copy
+        .query("SELECT v FROM rows ORDER BY v", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, ["A"], "restored to {target}: A before it, B after");
+    // It then runs as a database of its own, backed up under a new stanza.
+    let backed = wait_for(&api, "restored", BACKED_UP, "restored BackedUp", |db| {
+        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
+    })
+    .await?;
+    let own = backed
+        .and_then(|d| d.status?.backup?.stanza)
+        .context("no stanza of its own")?;
+    assert_ne!(own, source_stanza);
     setup.delete().await
 }

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::SectorDatabase;
-use crate::backup::pgbackrest as backup;
+use crate::backup::pgbackrest::{self as backup, RESTORE_DIR};
 use crate::pgconf::{self, CONFIG_DIR, PORT, SOCKET_DIR, TLS_DIR};
 
 /// uid and gid of `postgres` in the project's PostgreSQL image (Debian's package assigns them).
@@ -41,6 +41,8 @@ pub struct Names {
     pub disruption_budget: String,
     /// pgBackRest's configuration, while a BackupPolicy covers the database.
     pub backup: String,
+    /// The source's repository, for a database that starts from a backup.
+    pub restore: String,
 }
 
 pub fn names(db: &str) -> Names {
@@ -57,6 +59,7 @@ pub fn names(db: &str) -> Names {
         replication: format!("{db}-replication"),
         disruption_budget: format!("{db}-primary"),
         backup: format!("{db}-backup"),
+        restore: format!("{db}-restore"),
     }
 }
 
@@ -183,6 +186,12 @@ pub fn services(db: &SectorDatabase) -> Vec<Service> {
     ]
 }
 
+fn push(list: &mut serde_json::Value, item: serde_json::Value) {
+    if let Some(items) = list.as_array_mut() {
+        items.push(item);
+    }
+}
+
 /// The StatefulSet running PostgreSQL. An init container running as root makes the volume and
 /// the TLS files PostgreSQL's (hostPath volumes ignore fsGroup); PostgreSQL itself runs as its own
 /// uid with a read-only root filesystem. Ordinal 0 initialises the primary; every other ordinal
@@ -206,9 +215,23 @@ pub fn stateful_set(
         "set -eu\n\
          export PGDATA={PGDATA}\n\
          if [ \"${{POD_NAME##*-}}\" = 0 ]; then\n\
-           if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
-             initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
-               --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+           if [ ! -s \"$PGDATA/PG_VERSION\" ] || [ -e {DATA_DIR}/restore-incomplete ]; then\n\
+             if [ -n \"${{RESTORE:-}}\" ]; then\n\
+               touch {DATA_DIR}/restore-incomplete\n\
+               rm -rf \"$PGDATA\" && mkdir -m 0700 \"$PGDATA\"\n\
+               set --\n\
+               if [ -s {RESTORE_DIR}/target-time ]; then\n\
+                 set -- --type=time --target=\"$(cat {RESTORE_DIR}/target-time)\" --target-action=promote\n\
+               fi\n\
+               pgbackrest --config={RESTORE_DIR}/pgbackrest.conf --stanza=\"$(cat {RESTORE_DIR}/stanza)\" \\\n\
+                 \"$@\" restore\n\
+               # The source's archive_command names its stanza: never archive this database there.\n\
+               sed -i '/^archive_command/d' \"$PGDATA/postgresql.auto.conf\"\n\
+               rm {DATA_DIR}/restore-incomplete\n\
+             else\n\
+               initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
+                 --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+             fi\n\
            fi\n\
            exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf\n\
          fi\n\
@@ -245,7 +268,7 @@ pub fn stateful_set(
     if let Some(class) = &db.spec.storage.storage_class_name {
         claim_spec["storageClassName"] = json!(class);
     }
-    from_json(json!({
+    let mut value = json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": metadata(db, &n.statefulset),
         "spec": {
@@ -326,7 +349,22 @@ pub fn stateful_set(
                 "spec": claim_spec
             }]
         }
-    }))
+    });
+    if db.spec.bootstrap.is_some() {
+        // Not optional: the first start must find the source's repository, never initdb instead.
+        let pod = &mut value["spec"]["template"]["spec"];
+        let main = &mut pod["containers"][0];
+        push(&mut main["env"], json!({"name": "RESTORE", "value": "1"}));
+        push(
+            &mut main["volumeMounts"],
+            json!({"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true}),
+        );
+        push(
+            &mut pod["volumes"],
+            json!({"name": "restore", "secret": {"secretName": n.restore, "defaultMode": 0o444}}),
+        );
+    }
+    from_json(value)
 }
 
 /// Default deny, then: the agency's own namespace, and the operator.

@@ -1,9 +1,14 @@
-//! Prometheus metrics. Labels are low-cardinality: controller names and error categories, never
-//! object names.
+//! Prometheus metrics. Counters carry low-cardinality labels only (controller names, error
+//! categories). The backup gauges carry the database's namespace and name: one series per
+//! database, removed when the database is deleted, as a province's count of databases bounds them.
 
 use std::time::Instant;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::api::database::BackupState;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,6 +19,9 @@ pub struct Metrics {
     writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    backup_time: IntGaugeVec,
+    backup_size: IntGaugeVec,
+    wal_archived: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -48,12 +56,30 @@ impl Default for Metrics {
         .unwrap();
         let leader =
             IntGauge::new("leader", "1 while this replica holds the leader Lease").unwrap();
+        let per_database = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["namespace", "database"]).unwrap()
+        };
+        let backup_time = per_database(
+            "backup_last_success_timestamp_seconds",
+            "When the latest backup in the primary repository completed (Unix time)",
+        );
+        let backup_size = per_database(
+            "backup_last_size_bytes",
+            "What the latest backup added to the primary repository, in bytes",
+        );
+        let wal_archived = per_database(
+            "wal_last_archived_timestamp_seconds",
+            "When PostgreSQL last archived a WAL segment (Unix time); time() minus it is the archive's age",
+        );
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(writes.clone()),
             Box::new(leader.clone()),
+            Box::new(backup_time.clone()),
+            Box::new(backup_size.clone()),
+            Box::new(wal_archived.clone()),
         ] {
             registry.register(c).expect("metrics are registered once");
         }
@@ -64,6 +90,9 @@ impl Default for Metrics {
             duration,
             writes,
             leader,
+            backup_time,
+            backup_size,
+            wal_archived,
         }
     }
 }
@@ -90,6 +119,31 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
+    /// The backup gauges of one database, from its status.
+    pub fn backup(&self, namespace: &str, database: &str, state: &BackupState) {
+        let labels = [namespace, database];
+        if let Some(last) = &state.last_successful {
+            self.backup_time
+                .with_label_values(&labels)
+                .set(last.time.0.as_second());
+            self.backup_size
+                .with_label_values(&labels)
+                .set(last.size_bytes);
+        }
+        if let Some(until) = &state.recoverable_until {
+            self.wal_archived
+                .with_label_values(&labels)
+                .set(until.0.as_second());
+        }
+    }
+
+    /// Drops a deleted database's series.
+    pub fn forget(&self, namespace: &str, database: &str) {
+        for gauge in [&self.backup_time, &self.backup_size, &self.wal_archived] {
+            let _ = gauge.remove_label_values(&[namespace, database]);
+        }
+    }
+
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())

@@ -78,17 +78,17 @@ pub async fn connect(target: &Target<'_>, dbname: &str) -> Result<tokio_postgres
     Ok(client)
 }
 
-pub(crate) fn ident(name: &str) -> String {
+pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub(crate) fn literal(value: &str) -> String {
+pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
 /// `PASSWORD '<SCRAM verifier>'`: the clear password never reaches the server, so no statement
 /// log or audit record can reveal it.
-pub(crate) fn password_clause(password: &str) -> String {
+pub fn password_clause(password: &str) -> String {
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     format!("PASSWORD {}", literal(&verifier))
 }

@@ -291,6 +291,9 @@ pub struct SectorDatabaseStatus {
     /// Backup state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupState>,
+    /// Where the data came from, for a database that started from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreState>,
     /// Spec values fixed when the operator first accepted this object. Later specs are checked
     /// against them, so immutability holds even where the apiserver does not run CEL rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +416,19 @@ pub struct BackupState {
     /// The `sectordb.io/backup-request` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<String>,
+}
+
+/// A completed restore (`spec.bootstrap.fromBackup`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreState {
+    /// The pgBackRest stanza restored from.
+    pub stanza: String,
+    /// The point in time recovered to; the end of the archived WAL when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<Time>,
+    /// When the restored database was promoted and taken over by this SectorDatabase.
+    pub completed_at: Time,
 }
 
 /// One completed backup.

@@ -14,7 +14,18 @@ pub const CONFIG_DIR: &str = "/etc/sectordb-backup";
 pub const CONFIG_FILE: &str = "/etc/sectordb-backup/pgbackrest.conf";
 /// The digest of the configuration, so the operator can tell when the pod sees the current one.
 pub const DIGEST_FILE: &str = "/etc/sectordb-backup/digest";
-const CA_FILE: &str = "/etc/sectordb-backup/repo1-ca.crt";
+/// Where a database restored from backup finds the source's repository (`bootstrap.fromBackup`).
+pub const RESTORE_DIR: &str = "/etc/sectordb-restore";
+
+/// Where things are in the PostgreSQL container.
+pub struct Layout<'a> {
+    /// The mounted Secret that holds pgbackrest.conf and the repository's CA.
+    pub config_dir: &'a str,
+    pub pgdata: &'a str,
+    /// The data volume: the spool lives there (the root filesystem is read-only).
+    pub data_dir: &'a str,
+    pub socket_dir: &'a str,
+}
 
 /// The policy's secret material, read from the operator's namespace.
 pub struct RepositorySecrets<'a> {
@@ -67,9 +78,7 @@ pub fn config(
     policy: &BackupPolicySpec,
     secrets: &RepositorySecrets,
     stanza: &str,
-    pgdata: &str,
-    data_dir: &str,
-    socket_dir: &str,
+    layout: &Layout,
 ) -> String {
     let primary = &policy.repositories[0];
     let (host, port) = host_port(&primary.s3.endpoint);
@@ -92,7 +101,10 @@ pub fn config(
     line("repo1-s3-key", secrets.access_key_id);
     line("repo1-s3-key-secret", secrets.secret_access_key);
     if secrets.ca_pem.is_some() {
-        line("repo1-storage-ca-file", CA_FILE);
+        line(
+            "repo1-storage-ca-file",
+            &format!("{}/repo1-ca.crt", layout.config_dir),
+        );
     }
     if let Some(passphrase) = secrets.passphrase {
         line("repo1-cipher-type", "aes-256-cbc");
@@ -109,14 +121,19 @@ pub fn config(
     line("process-max", "2");
     line("start-fast", "y");
     line("archive-async", "y");
-    line("spool-path", &format!("{data_dir}/pgbackrest-spool"));
+    line(
+        "spool-path",
+        &format!("{}/pgbackrest-spool", layout.data_dir),
+    );
     line("lock-path", "/tmp/pgbackrest");
     line("log-level-file", "off");
     line("log-level-console", "warn");
     line("log-level-stderr", "error");
     let _ = write!(
         text,
-        "\n[{stanza}]\npg1-path={pgdata}\npg1-socket-path={socket_dir}\npg1-port={}\npg1-user=postgres\n",
+        "\n[{stanza}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user=postgres\n",
+        layout.pgdata,
+        layout.socket_dir,
         crate::pgconf::PORT
     );
     text
@@ -137,6 +154,12 @@ pub fn secret_files(config: &str, ca_pem: Option<&str>) -> Vec<(&'static str, St
 /// held up by the object store.
 pub fn archive_command(stanza: &str) -> String {
     format!("pgbackrest --config={CONFIG_FILE} --stanza={stanza} archive-push %p")
+}
+
+/// A recovery target as pgBackRest reads one (`YYYY-MM-DD HH:MM:SS+00`: it refuses RFC 3339).
+/// Recovery stops before the first commit after it.
+pub fn restore_time(target: &Time) -> String {
+    target.0.strftime("%Y-%m-%d %H:%M:%S+00").to_string()
 }
 
 /// Kind of backup.
@@ -249,6 +272,15 @@ mod tests {
         serde_json::from_value(spec).unwrap()
     }
 
+    fn layout() -> Layout<'static> {
+        Layout {
+            config_dir: CONFIG_DIR,
+            pgdata: "/data/pgdata",
+            data_dir: "/data",
+            socket_dir: "/run/pg",
+        }
+    }
+
     fn secrets(passphrase: Option<&str>) -> RepositorySecrets<'_> {
         RepositorySecrets {
             access_key_id: "AKID",
@@ -264,9 +296,7 @@ mod tests {
             &policy(serde_json::json!({})),
             &secrets(Some("pass")),
             "ns.db.1234abcd",
-            "/data/pgdata",
-            "/data",
-            "/run/pg",
+            &layout(),
         );
         for line in [
             "repo1-type=s3",
@@ -296,11 +326,15 @@ mod tests {
             &policy(serde_json::json!({})),
             &secrets(None),
             "s",
-            "/d/p",
-            "/d",
-            "/r",
+            &layout(),
         );
         assert!(!plain.contains("cipher"));
+    }
+
+    #[test]
+    fn a_recovery_target_is_written_the_way_pgbackrest_reads_it() {
+        let at = Time("2026-11-30T04:00:07Z".parse().unwrap());
+        assert_eq!(restore_time(&at), "2026-11-30 04:00:07+00");
     }
 
     #[test]

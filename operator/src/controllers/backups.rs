@@ -16,7 +16,7 @@ use super::{Context, Result, apply_child};
 use crate::api::database::BackupState;
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::exec;
-use crate::backup::pgbackrest::{self, Kind, RepositorySecrets};
+use crate::backup::pgbackrest::{self, Kind, Layout, RepositorySecrets};
 use crate::backup::schedule;
 use crate::profile::Observed;
 use crate::{dataplane, pgconf, validate};
@@ -90,6 +90,71 @@ async fn secret_value(
         .ok_or_else(|| format!("Secret {name:?} with key {key:?}")))
 }
 
+/// pgbackrest.conf for `stanza` in the primary repository of `policy`, as mounted at
+/// `config_dir`, and that repository's CA; the keys and passphrase come from the policy's
+/// Secrets in the operator's namespace. `Err` names what is missing there.
+pub async fn repository_config(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    stanza: &str,
+    config_dir: &str,
+) -> Result<std::result::Result<(String, Option<String>), String>> {
+    let operator: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let s3 = &policy.spec.repositories[0].s3;
+    let mut missing = Vec::new();
+    let mut read = |found: std::result::Result<String, String>| match found {
+        Ok(value) => Some(value),
+        Err(what) => {
+            missing.push(what);
+            None
+        }
+    };
+    let credentials = &s3.credentials_secret;
+    let key_id =
+        read(secret_value(&operator, &credentials.name, &credentials.access_key_id_key).await?);
+    let key_secret = read(
+        secret_value(
+            &operator,
+            &credentials.name,
+            &credentials.secret_access_key_key,
+        )
+        .await?,
+    );
+    let ca = match &s3.ca_secret {
+        Some(ca) => read(secret_value(&operator, &ca.name, &ca.key).await?),
+        None => None,
+    };
+    let passphrase = match &policy.spec.encryption {
+        Some(e) => read(secret_value(&operator, &e.key_secret.name, &e.key_secret.key).await?),
+        None => None,
+    };
+    let (Some(key_id), Some(key_secret), true) = (key_id, key_secret, missing.is_empty()) else {
+        return Ok(Err(format!(
+            "BackupPolicy {} names what namespace {} lacks: {}",
+            policy.name_any(),
+            ctx.namespace,
+            missing.join(", ")
+        )));
+    };
+    let config = pgbackrest::config(
+        &policy.spec,
+        &RepositorySecrets {
+            access_key_id: &key_id,
+            secret_access_key: &key_secret,
+            ca_pem: ca.as_deref(),
+            passphrase: passphrase.as_deref(),
+        },
+        stanza,
+        &Layout {
+            config_dir,
+            pgdata: dataplane::PGDATA,
+            data_dir: dataplane::DATA_DIR,
+            socket_dir: pgconf::SOCKET_DIR,
+        },
+    );
+    Ok(Ok((config, ca)))
+}
+
 /// Finds the policy that covers `db` and writes pgBackRest's configuration for it into the
 /// database's namespace (`<db>-backup`). Nothing is written when no policy, or more than one,
 /// selects the database; a database no policy covers loses the configuration.
@@ -131,60 +196,12 @@ pub async fn prepare(
             ),
         )));
     }
-    let operator: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let s3 = &policy.spec.repositories[0].s3;
-    let mut missing = Vec::new();
-    let mut read = |found: std::result::Result<String, String>| match found {
-        Ok(value) => Some(value),
-        Err(what) => {
-            missing.push(what);
-            None
-        }
-    };
-    let credentials = &s3.credentials_secret;
-    let key_id =
-        read(secret_value(&operator, &credentials.name, &credentials.access_key_id_key).await?);
-    let key_secret = read(
-        secret_value(
-            &operator,
-            &credentials.name,
-            &credentials.secret_access_key_key,
-        )
-        .await?,
-    );
-    let ca = match &s3.ca_secret {
-        Some(ca) => read(secret_value(&operator, &ca.name, &ca.key).await?),
-        None => None,
-    };
-    let passphrase = match &policy.spec.encryption {
-        Some(e) => read(secret_value(&operator, &e.key_secret.name, &e.key_secret.key).await?),
-        None => None,
-    };
-    let (Some(key_id), Some(key_secret), true) = (key_id, key_secret, missing.is_empty()) else {
-        return Ok(Err(not_backed_up(
-            "PolicySecretsMissing",
-            format!(
-                "BackupPolicy {} names what namespace {} lacks: {}",
-                policy.name_any(),
-                ctx.namespace,
-                missing.join(", ")
-            ),
-        )));
-    };
     let stanza = pgbackrest::stanza(&namespace, &db.name_any(), &db.uid().unwrap_or_default());
-    let config = pgbackrest::config(
-        &policy.spec,
-        &RepositorySecrets {
-            access_key_id: &key_id,
-            secret_access_key: &key_secret,
-            ca_pem: ca.as_deref(),
-            passphrase: passphrase.as_deref(),
-        },
-        &stanza,
-        dataplane::PGDATA,
-        dataplane::DATA_DIR,
-        pgconf::SOCKET_DIR,
-    );
+    let (config, ca) =
+        match repository_config(ctx, &policy, &stanza, pgbackrest::CONFIG_DIR).await? {
+            Ok(found) => found,
+            Err(missing) => return Ok(Err(not_backed_up("PolicySecretsMissing", missing))),
+        };
     let files = pgbackrest::secret_files(&config, ca.as_deref());
     let digest = files
         .iter()
@@ -225,6 +242,12 @@ pub async fn run(
     let pod = format!("{}-0", db.name_any());
     let policy_name = plan.policy.name_any();
     let repo = plan.policy.spec.repositories[0].name.clone();
+    // The store this reconcile started from can lag behind the status the last one wrote; a
+    // backup decided on a stale status would run twice.
+    let db =
+        &Api::<SectorDatabase>::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default())
+            .get(&db.name_any())
+            .await?;
     let previous = db
         .status
         .as_ref()

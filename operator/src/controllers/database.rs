@@ -19,12 +19,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::backups;
 use super::ca::operator_ca;
 use super::{Context, Result, announce, apply_child, event, now, write_status};
+use super::{backups, restore};
 use crate::api::database::{
-    DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, SecretNames,
-    SectorDatabaseStatus,
+    DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, RestoreState,
+    SecretNames, SectorDatabaseStatus,
 };
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::conditions::{Want, settle};
@@ -55,6 +55,10 @@ pub struct Provisioned {
     /// The backup step's findings; `None` when PostgreSQL could not be asked (the BackedUp
     /// condition then stays as it was).
     pub backup: Option<backups::Outcome>,
+    /// Why a database that starts from a backup cannot be created yet.
+    pub restore_blocked: Option<String>,
+    /// The restore this reconcile completed.
+    pub restored: Option<RestoreState>,
 }
 
 /// The status a database should have. Pure: `provisioned` is `None` when the spec is invalid
@@ -131,6 +135,26 @@ pub fn desired_status(
                 compliant,
             ],
             previous.pinned.clone(),
+        ),
+        (
+            Ok(()),
+            Some(Provisioned {
+                restore_blocked: Some(why),
+                ..
+            }),
+        ) => (
+            DatabasePhase::Pending,
+            vec![
+                Want::new("Ready", false, "RestoreSourceUnavailable", why.clone()),
+                Want::new(
+                    "Progressing",
+                    false,
+                    "RestoreSourceUnavailable",
+                    why.clone(),
+                ),
+                compliant,
+            ],
+            Some(pin(db, previous.pinned.as_ref())),
         ),
         (Ok(()), Some(p)) => {
             let (phase, ready, progressing, degraded) = match &p.sql {
@@ -231,11 +255,15 @@ pub fn desired_status(
     let backup = provisioned
         .and_then(|p| p.backup.as_ref()?.state.clone())
         .or(previous.backup.clone());
+    let restore = provisioned
+        .and_then(|p| p.restored.clone())
+        .or(previous.restore.clone());
     SectorDatabaseStatus {
         observed_generation: generation,
         phase: Some(phase),
         conditions,
         backup,
+        restore,
         endpoints: provisioned
             .map(|p| Endpoints {
                 read_write: p.endpoint.clone(),
@@ -411,6 +439,18 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     )
     .await?;
 
+    let endpoint = |service: &str| Endpoint {
+        host: format!("{service}.{namespace}.svc"),
+        cluster_ip: cluster_ips.get(service).cloned(),
+        port: PORT,
+    };
+    if let Err(why) = restore::prepare(ctx, db).await? {
+        return Ok(Provisioned {
+            endpoint: Some(endpoint(&n.read_write)),
+            restore_blocked: Some(why),
+            ..Provisioned::default()
+        });
+    }
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let mut desired = dataplane::stateful_set(db, &settings, &config_hash, &cluster_ip);
     let existing = statefulsets.get_opt(&n.statefulset).await?;
@@ -438,15 +478,27 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let warnings = grow_volumes(db, ctx).await?;
     let pods_ready = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
 
-    let endpoint = |service: &str| Endpoint {
-        host: format!("{service}.{namespace}.svc"),
-        cluster_ip: cluster_ips.get(service).cloned(),
-        port: PORT,
-    };
+    // A restored server carries the source's passwords until it is taken over.
+    let restoring =
+        db.spec.bootstrap.is_some() && db.status.as_ref().is_none_or(|s| s.restore.is_none());
+    let mut restored = None;
+    let mut adopt_error = None;
+    if restoring && pods_ready > 0 {
+        let roles = [
+            ("postgres", passwords[0].as_str()),
+            (db.spec.database.owner.as_str(), passwords[1].as_str()),
+            (dataplane::REPLICATION_USER, replication_password.as_str()),
+        ];
+        match restore::adopt(ctx, db, &roles, &now()).await? {
+            Ok(state) => restored = Some(state),
+            Err(why) => adopt_error = Some(format!("restoring from backup: {why}")),
+        }
+    }
     let plan = backups::prepare(ctx, db).await?;
     let archive_command = plan.as_ref().ok().map(|p| p.archive_command.as_str());
     let mut sql = match (pods_ready, cluster_ip.parse::<IpAddr>()) {
         (0, _) | (_, Err(_)) => None,
+        _ if restoring && restored.is_none() => adopt_error.map(Err),
         (_, Ok(addr)) => {
             let target = sql::Target {
                 host: &host,
@@ -492,6 +544,8 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         sql,
         warnings,
         backup,
+        restore_blocked: None,
+        restored,
     })
 }
 
@@ -621,6 +675,10 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     let retry = backup.and_then(|b| b.retry_in);
     let status = desired_status(&db, &ctx.profile, provisioned.as_ref(), &now());
     write_status(ctx, CONTROLLER, &api, &db, &status).await?;
+    if let Some(state) = &status.backup {
+        let namespace = db.namespace().unwrap_or_default();
+        ctx.metrics.backup(&namespace, &db.name_any(), state);
+    }
     let previous = db
         .status
         .as_ref()
@@ -646,6 +704,8 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
 /// `deletionPolicy: Delete`.
 async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
     let ctx = &*ctx;
+    ctx.metrics
+        .forget(&db.namespace().unwrap_or_default(), &db.name_any());
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let selector = format!("app.kubernetes.io/instance={}", db.name_any());
@@ -765,7 +825,7 @@ mod tests {
             ready_instances,
             sql,
             warnings: vec![],
-            backup: None,
+            ..Provisioned::default()
         }
     }
 
@@ -896,5 +956,53 @@ mod tests {
         );
         let status = status_of(&grown, Some(&provisioned(0, None)));
         assert_eq!(status.pinned.unwrap().storage_size.0, "2Gi");
+    }
+
+    #[test]
+    fn a_restore_that_cannot_start_is_pending_with_the_reason_and_never_ready() {
+        let blocked = Provisioned {
+            restore_blocked: Some("spec.bootstrap.fromBackup.targetTime is outside".into()),
+            ..Provisioned::default()
+        };
+        let status = status_of(&db(spec("d", "1Gi", 1), None), Some(&blocked));
+        assert_eq!(status.phase, Some(DatabasePhase::Pending));
+        assert_eq!(ready(&status), ("False", "RestoreSourceUnavailable"));
+    }
+
+    #[test]
+    fn the_backup_step_sets_backed_up_and_a_database_it_could_not_ask_keeps_the_last_word() {
+        let outcome = backups::Outcome {
+            backed_up: true,
+            reason: "BackedUp",
+            message: "full backup".into(),
+            state: Some(crate::api::database::BackupState {
+                stanza: Some("n.d.1".into()),
+                ..Default::default()
+            }),
+            event: None,
+            retry_in: None,
+        };
+        let with_backup = Provisioned {
+            backup: Some(outcome),
+            ..provisioned(1, Some(Ok(Observed::default())))
+        };
+        let first = status_of(&db(spec("d", "1Gi", 1), None), Some(&with_backup));
+        let backed_up = |s: &SectorDatabaseStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "BackedUp")
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(backed_up(&first), Some(("True".into(), "BackedUp".into())));
+        let later = db(
+            spec("d", "1Gi", 1),
+            Some(serde_json::to_value(&first).unwrap()),
+        );
+        let unreachable = status_of(&later, Some(&provisioned(1, Some(Err("down".into())))));
+        assert_eq!(backed_up(&unreachable), backed_up(&first));
+        assert_eq!(
+            unreachable.backup.and_then(|b| b.stanza).as_deref(),
+            Some("n.d.1")
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod connection;
 pub mod database;
 pub mod policy;
+pub mod restore;
 
 use std::fmt::Debug;
 use std::sync::Arc;
