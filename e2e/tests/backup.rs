@@ -401,3 +401,69 @@ async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() 
     assert_ne!(own, source_stanza);
     setup.delete().await
 }
+
+#[tokio::test]
+async fn a_deleted_database_leaves_a_final_backup_that_restores_into_a_new_one() -> Result<()> {
+    let client = client().await?;
+    let (setup, _) = Setup::new(&client, "final", 1).await?;
+    let ns = setup.ns.name.clone();
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
+    // deletionPolicy: Delete, as every test database.
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("db", 3))?,
+    )
+    .await?;
+    wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
+        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    connect_with(&secrets.get("db-app").await?)
+        .await?
+        .batch_execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('written last')")
+        .await?;
+    api.delete("db", &DeleteParams::default()).await?;
+    wait_for(&api, "db", Duration::from_secs(240), "deleted", |db| {
+        db.is_none()
+    })
+    .await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let final_backup = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("FinalBackup"))
+        .context("no FinalBackup Event")?;
+    assert!(
+        final_backup
+            .note
+            .unwrap_or_default()
+            .contains("full backup")
+    );
+
+    // The database is gone, and so are its volumes; its backups restore into a new one.
+    let mut reborn = database("reborn", 3);
+    reborn["spec"]["bootstrap"] = json!({"fromBackup": {
+        "policy": setup.policies[0], "database": {"namespace": ns, "name": "db"}}});
+    api.create(&PostParams::default(), &serde_json::from_value(reborn)?)
+        .await?;
+    wait_for(
+        &api,
+        "reborn",
+        Duration::from_secs(300),
+        "reborn Ready",
+        is_ready,
+    )
+    .await?;
+    let rows: Vec<String> = connect_with(&secrets.get("reborn-app").await?)
+        .await?
+        .query("SELECT v FROM kept", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, ["written last"]);
+    setup.delete().await
+}

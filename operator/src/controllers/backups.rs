@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
+use serde_json::json;
 
 use super::database::CONTROLLER as CONTROLLER_DATABASE;
 use super::{Context, Result, apply_child};
@@ -20,6 +21,10 @@ use crate::backup::pgbackrest::{self, Kind, Layout, RepositorySecrets};
 use crate::backup::schedule;
 use crate::profile::Observed;
 use crate::{dataplane, pgconf, validate};
+
+/// The operator's record of the stanza of every database it backed up, `<namespace>.<name>`:
+/// it outlives the databases, so the backups of a deleted one can still be restored.
+pub const CATALOG: &str = "sectordb-backup-catalog";
 
 /// Annotating a SectorDatabase with a new value of this asks for a full backup now.
 pub const REQUEST_ANNOTATION: &str = "sectordb.io/backup-request";
@@ -224,6 +229,80 @@ pub async fn prepare(
     }))
 }
 
+fn catalog_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}")
+}
+
+/// Adds `db`'s stanza to the catalog (a merge patch of one key: other databases' entries stay).
+async fn record_stanza(ctx: &Context, db: &SectorDatabase, stanza: &str) -> Result<()> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let key = catalog_key(&db.namespace().unwrap_or_default(), &db.name_any());
+    let body = json!({"metadata": {"name": CATALOG, "labels": {"app.kubernetes.io/part-of": "sectordb"}},
+                      "data": {key: stanza}});
+    if maps.get_opt(CATALOG).await?.is_some() {
+        maps.patch(CATALOG, &PatchParams::default(), &Patch::Merge(&body))
+            .await?;
+    } else {
+        maps.create(
+            &PostParams::default(),
+            &serde_json::from_value(body).expect("a valid ConfigMap"),
+        )
+        .await?;
+    }
+    ctx.metrics.write(CONTROLLER_DATABASE, "ConfigMap");
+    Ok(())
+}
+
+/// The stanza the catalog recorded for a database, which may no longer exist.
+pub async fn recorded_stanza(ctx: &Context, namespace: &str, name: &str) -> Result<Option<String>> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(maps
+        .get_opt(CATALOG)
+        .await?
+        .and_then(|m| m.data?.remove(&catalog_key(namespace, name))))
+}
+
+/// A full backup of a database about to be deleted with `deletionPolicy: Delete`, when a policy
+/// covers it. `Ok(None)`: no policy covers it, nothing to do; `Err` with why the backup could not
+/// be taken, and then the volumes must stay.
+pub async fn final_backup(
+    ctx: &Context,
+    db: &SectorDatabase,
+) -> Result<std::result::Result<Option<String>, String>> {
+    let plan = match prepare(ctx, db).await? {
+        Ok(plan) => plan,
+        Err(outcome) if outcome.reason == "NoPolicy" => return Ok(Ok(None)),
+        Err(outcome) => return Ok(Err(outcome.message)),
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let pod = format!("{}-0", db.name_any());
+    let run = |args: &[&str], seconds: u64| {
+        exec::run(
+            &pods,
+            &pod,
+            pgbackrest::command(&plan.stanza, seconds, args),
+            Duration::from_secs(seconds + 30),
+        )
+    };
+    match run(&["--type=full", "backup"], 3600).await {
+        Ok(out) if out.succeeded() => {}
+        Ok(out) => return Ok(Err(format!("final backup: {}", out.tail()))),
+        Err(error) => return Ok(Err(format!("final backup: {error}"))),
+    }
+    let repo = &plan.policy.spec.repositories[0].name;
+    let label = match run(&["info", "--output=json"], 120).await {
+        Ok(out) if out.succeeded() => pgbackrest::parse_info(&out.stdout, repo)
+            .ok()
+            .and_then(|b| b.last()?.label.clone()),
+        _ => None,
+    };
+    Ok(Ok(Some(format!(
+        "full backup {} in {repo}, stanza {}",
+        label.unwrap_or_else(|| "(label unread)".into()),
+        plan.stanza
+    ))))
+}
+
 fn time(seconds: i64) -> Option<Time> {
     jiff::Timestamp::from_second(seconds).ok().map(Time)
 }
@@ -295,7 +374,10 @@ pub async fn run(
     }
     if previous.stanza.is_none() {
         match exec_in(&["stanza-create"], 120).await {
-            Ok(out) if out.succeeded() => state.stanza = Some(plan.stanza.clone()),
+            Ok(out) if out.succeeded() => {
+                record_stanza(ctx, db, &plan.stanza).await?;
+                state.stanza = Some(plan.stanza.clone());
+            }
             Ok(out) => {
                 return Ok(failed(
                     "StanzaCreateFailed",

@@ -727,6 +727,18 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
             .await;
         }
         DeletionPolicy::Delete => {
+            // The data leaves only once its last state is in the repository.
+            match backups::final_backup(ctx, &db).await? {
+                Ok(None) => {}
+                Ok(Some(what)) => event(ctx, &*db, false, "FinalBackup", what).await,
+                Err(why) => {
+                    let message = format!(
+                        "{why}; the volumes stay until a final backup succeeds (or set deletionPolicy: Retain)"
+                    );
+                    event(ctx, &*db, true, "FinalBackupFailed", message.clone()).await;
+                    return Err(super::Error::Backup(message));
+                }
+            }
             for name in &names {
                 pvcs.delete(name, &DeleteParams::default()).await?;
             }

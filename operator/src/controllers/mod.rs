@@ -58,6 +58,8 @@ pub enum Error {
     Finalizer(String),
     #[error("PostgreSQL: {0}")]
     Sql(String),
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl Error {
@@ -68,6 +70,7 @@ impl Error {
             Error::Certificate(_) | Error::MalformedCa(_) => "CertificateError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Sql(_) => "SqlError",
+            Error::Backup(_) => "BackupError",
         }
     }
 }

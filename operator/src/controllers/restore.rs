@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, ResourceExt};
 
-use super::backups::repository_config;
+use super::backups::{self, repository_config};
 use super::database::CONTROLLER;
 use super::{Context, Result, apply_child};
 use crate::api::database::RestoreState;
@@ -45,43 +45,25 @@ pub async fn prepare(
         )));
     };
     let source_name = format!("{}/{}", from.database.namespace, from.database.name);
-    let Some(source) =
-        Api::<SectorDatabase>::namespaced(ctx.client.clone(), &from.database.namespace)
-            .get_opt(&from.database.name)
+    let source = Api::<SectorDatabase>::namespaced(ctx.client.clone(), &from.database.namespace)
+        .get_opt(&from.database.name)
+        .await?;
+    let stanza = match &source {
+        Some(source) => judge(db, source, &source_name),
+        // A deleted database: the operator's catalog still knows its stanza. What its backups
+        // cover is in no status any more, so pgBackRest itself judges a target time.
+        None => backups::recorded_stanza(ctx, &from.database.namespace, &from.database.name)
             .await?
-    else {
-        return Ok(Err(format!(
-            "spec.bootstrap.fromBackup.database: {source_name} not found (restoring the backups of a deleted database is not supported yet)"
-        )));
+            .ok_or_else(|| {
+                format!(
+                    "spec.bootstrap.fromBackup.database: {source_name} does not exist and has no backups"
+                )
+            }),
     };
-    let backup = source.status.as_ref().and_then(|s| s.backup.clone());
-    let (Some(stanza), Some(_)) = (
-        backup.as_ref().and_then(|b| b.stanza.clone()),
-        backup.as_ref().and_then(|b| b.last_successful.clone()),
-    ) else {
-        return Ok(Err(format!("{source_name} has no backup yet")));
+    let stanza = match stanza {
+        Ok(stanza) => stanza,
+        Err(why) => return Ok(Err(why)),
     };
-    if source.spec.database != db.spec.database {
-        return Ok(Err(format!(
-            "spec.database must be the source's (name {:?}, owner {:?}): the restored data holds that database",
-            source.spec.database.name, source.spec.database.owner
-        )));
-    }
-    if let Some(target) = &from.target_time {
-        let backup = backup.unwrap_or_default();
-        let (earliest, latest) = (backup.recoverable_from, backup.recoverable_until);
-        let inside = earliest.as_ref().is_some_and(|e| e.0 <= target.0)
-            && latest.as_ref().is_some_and(|l| target.0 <= l.0);
-        if !inside {
-            let show = |t: Option<Time>| t.map_or("unknown".to_string(), |t| t.0.to_string());
-            return Ok(Err(format!(
-                "spec.bootstrap.fromBackup.targetTime {} is outside what {source_name}'s backups cover: from {} to {} (the last WAL archived)",
-                target.0,
-                show(earliest),
-                show(latest)
-            )));
-        }
-    }
     let (config, ca) =
         match repository_config(ctx, &policy, &stanza, pgbackrest::RESTORE_DIR).await? {
             Ok(found) => found,
@@ -168,4 +150,106 @@ pub async fn adopt(
         target_time: bootstrap.from_backup.target_time.clone(),
         completed_at: now.clone(),
     }))
+}
+
+/// The stanza of an existing source, when restoring from it can work: it has a backup, holds
+/// the same database, and its backups cover the target time.
+fn judge(
+    db: &SectorDatabase,
+    source: &SectorDatabase,
+    source_name: &str,
+) -> std::result::Result<String, String> {
+    let backup = source.status.as_ref().and_then(|s| s.backup.clone());
+    let (Some(stanza), Some(_)) = (
+        backup.as_ref().and_then(|b| b.stanza.clone()),
+        backup.as_ref().and_then(|b| b.last_successful.clone()),
+    ) else {
+        return Err(format!("{source_name} has no backup yet"));
+    };
+    if source.spec.database != db.spec.database {
+        return Err(format!(
+            "spec.database must be the source's (name {:?}, owner {:?}): the restored data holds that database",
+            source.spec.database.name, source.spec.database.owner
+        ));
+    }
+    let target = db
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.from_backup.target_time.as_ref());
+    if let Some(target) = target {
+        let backup = backup.unwrap_or_default();
+        let (earliest, latest) = (backup.recoverable_from, backup.recoverable_until);
+        let inside = earliest.as_ref().is_some_and(|e| e.0 <= target.0)
+            && latest.as_ref().is_some_and(|l| target.0 <= l.0);
+        if !inside {
+            let show = |t: Option<Time>| t.map_or("unknown".to_string(), |t| t.0.to_string());
+            return Err(format!(
+                "spec.bootstrap.fromBackup.targetTime {} is outside what {source_name}'s backups cover: from {} to {} (the last WAL archived)",
+                target.0,
+                show(earliest),
+                show(latest)
+            ));
+        }
+    }
+    Ok(stanza)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn db(
+        database: &str,
+        target: Option<&str>,
+        backup: Option<serde_json::Value>,
+    ) -> SectorDatabase {
+        let mut from = json!({"policy": "p", "database": {"namespace": "n", "name": "src"}});
+        if let Some(t) = target {
+            from["targetTime"] = json!(t);
+        }
+        let mut obj = json!({
+            "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
+            "metadata": {"name": "copy", "namespace": "n"},
+            "spec": {"agency": {"code": "H53", "name": "x"}, "sector": "Health", "classification": "Open",
+                     "securityLevel": 3, "storage": {"size": "1Gi"}, "database": {"name": database, "owner": "app"},
+                     "bootstrap": {"fromBackup": from}}
+        });
+        if let Some(backup) = backup {
+            obj["status"] = json!({"backup": backup});
+        }
+        serde_json::from_value(obj).unwrap()
+    }
+
+    fn backed_up() -> serde_json::Value {
+        json!({"stanza": "n.src.1", "recoverableFrom": "2026-11-30T04:00:00Z", "recoverableUntil": "2026-11-30T05:00:00Z",
+               "lastSuccessful": {"time": "2026-11-30T04:00:00Z", "type": "full", "sizeBytes": 1}})
+    }
+
+    #[test]
+    fn a_source_is_restored_only_inside_what_its_backups_cover() {
+        let source = db("health", None, Some(backed_up()));
+        let at = |t| judge(&db("health", Some(t), None), &source, "n/src");
+        assert_eq!(at("2026-11-30T04:30:00Z"), Ok("n.src.1".into()));
+        assert!(at("2026-11-30T05:00:01Z").unwrap_err().contains("outside"));
+        assert!(at("2026-11-30T03:59:59Z").unwrap_err().contains("outside"));
+        assert_eq!(
+            judge(&db("health", None, None), &source, "n/src"),
+            Ok("n.src.1".into())
+        );
+    }
+
+    #[test]
+    fn a_source_without_backups_or_with_another_database_is_refused() {
+        let bare = db("health", None, None);
+        assert!(
+            judge(&bare, &bare, "n/src")
+                .unwrap_err()
+                .contains("no backup")
+        );
+        let source = db("health", None, Some(backed_up()));
+        let other = judge(&db("labour", None, None), &source, "n/src").unwrap_err();
+        assert!(other.contains("spec.database"), "{other}");
+    }
 }
