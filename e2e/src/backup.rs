@@ -4,12 +4,14 @@
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use sectordb::api::BackupPolicy;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{OPERATOR_NAMESPACE, secret_text};
+use crate::{OPERATOR_NAMESPACE, TestNamespace, secret_text};
 
 /// One S3 server of `e2e/cluster object-stores`.
 #[derive(Clone, Debug, Deserialize)]
@@ -112,4 +114,76 @@ print(json.dumps(found))
         bail!("boto3 listing: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A test namespace labelled for `policies` BackupPolicies that all select it (more than one is a
+/// conflict), each writing to the provincial data center only, encrypted with a passphrase
+/// Secret made for the test.
+pub struct Setup {
+    pub ns: TestNamespace,
+    pub policies: Vec<String>,
+    client: Client,
+}
+
+impl Setup {
+    pub async fn new(
+        client: &Client,
+        prefix: &str,
+        policies: usize,
+    ) -> Result<(Setup, ObjectStore)> {
+        let ns = TestNamespace::create(client, prefix).await?;
+        let label = json!({"metadata": {"labels": {"sectordb.io/backup": ns.name}}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+        let store = object_stores()?
+            .into_iter()
+            .find(|s| s.role == "ProvincialDataCenter")
+            .context("no provincial data center object store")?;
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": ns.name},
+            "stringData": {"passphrase": format!("passphrase of {}", ns.name)}
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let mut names = Vec::new();
+        for i in 0..policies {
+            let name = format!("{}-{i}", ns.name);
+            let policy: BackupPolicy = serde_json::from_value(json!({
+                "apiVersion": "sectordb.io/v1alpha1", "kind": "BackupPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "databaseSelector": {"namespaceSelector": {"matchLabels": {"sectordb.io/backup": ns.name}}},
+                    "schedule": {"full": "0 1 * * 0", "timeZone": "Asia/Ho_Chi_Minh"},
+                    "retention": {"fullBackups": 2},
+                    "repositories": [repository(&store, &format!("/{}", ns.name))],
+                    "encryption": {"keySecret": {"name": ns.name}}
+                }
+            }))?;
+            Api::<BackupPolicy>::all(client.clone())
+                .create(&PostParams::default(), &policy)
+                .await?;
+            names.push(name);
+        }
+        Ok((
+            Setup {
+                ns,
+                policies: names,
+                client: client.clone(),
+            },
+            store,
+        ))
+    }
+
+    pub async fn delete(self) -> Result<()> {
+        let policies: Api<BackupPolicy> = Api::all(self.client.clone());
+        for name in &self.policies {
+            policies.delete(name, &DeleteParams::default()).await?;
+        }
+        Api::<Secret>::namespaced(self.client.clone(), OPERATOR_NAMESPACE)
+            .delete(&self.ns.name, &DeleteParams::default())
+            .await?;
+        self.ns.delete().await
+    }
 }

@@ -6,14 +6,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use sectordb::api::{BackupPolicy, SectorDatabase};
-use sectordb_e2e::backup::{ObjectStore, object_stores, objects, repository};
+use sectordb_e2e::backup::{Setup, objects};
 use sectordb_e2e::{
-    OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready, proxy_get,
-    wait_for,
+    OPERATOR_NAMESPACE, client, connect_with, database, is_ready, proxy_get, wait_for,
 };
 use serde_json::json;
 
@@ -39,73 +38,6 @@ fn last_label(db: Option<&SectorDatabase>) -> Option<String> {
         .as_ref()?
         .label
         .clone()
-}
-
-/// A namespace labelled for `policy`'s selector, the policy (the provincial data center only,
-/// encrypted with a passphrase Secret made for it) and, unless `second_policy`, nothing else.
-struct Setup {
-    ns: TestNamespace,
-    policies: Vec<String>,
-    client: Client,
-}
-
-impl Setup {
-    async fn new(client: &Client, prefix: &str, policies: usize) -> Result<(Setup, ObjectStore)> {
-        let ns = TestNamespace::create(client, prefix).await?;
-        let label = json!({"metadata": {"labels": {"sectordb.io/backup": ns.name}}});
-        Api::<Namespace>::all(client.clone())
-            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-            .await?;
-        let store = object_stores()?
-            .into_iter()
-            .find(|s| s.role == "ProvincialDataCenter")
-            .context("no provincial data center object store")?;
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": ns.name},
-            "stringData": {"passphrase": format!("passphrase of {}", ns.name)}
-        }))?;
-        Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
-            .create(&PostParams::default(), &secret)
-            .await?;
-        let mut names = Vec::new();
-        for i in 0..policies {
-            let name = format!("{}-{i}", ns.name);
-            let policy: BackupPolicy = serde_json::from_value(json!({
-                "apiVersion": "sectordb.io/v1alpha1", "kind": "BackupPolicy",
-                "metadata": {"name": name},
-                "spec": {
-                    "databaseSelector": {"namespaceSelector": {"matchLabels": {"sectordb.io/backup": ns.name}}},
-                    "schedule": {"full": "0 1 * * 0", "timeZone": "Asia/Ho_Chi_Minh"},
-                    "retention": {"fullBackups": 2},
-                    "repositories": [repository(&store, &format!("/{}", ns.name))],
-                    "encryption": {"keySecret": {"name": ns.name}}
-                }
-            }))?;
-            Api::<BackupPolicy>::all(client.clone())
-                .create(&PostParams::default(), &policy)
-                .await?;
-            names.push(name);
-        }
-        Ok((
-            Setup {
-                ns,
-                policies: names,
-                client: client.clone(),
-            },
-            store,
-        ))
-    }
-
-    async fn delete(self) -> Result<()> {
-        let policies: Api<BackupPolicy> = Api::all(self.client.clone());
-        for name in &self.policies {
-            policies.delete(name, &DeleteParams::default()).await?;
-        }
-        Api::<Secret>::namespaced(self.client.clone(), OPERATOR_NAMESPACE)
-            .delete(&self.ns.name, &DeleteParams::default())
-            .await?;
-        self.ns.delete().await
-    }
 }
 
 async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {

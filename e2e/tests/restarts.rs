@@ -10,7 +10,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use sectordb::api::connection::ConnectionPhase;
 use sectordb::api::{DataSharingConnection, SectorDatabase};
+use sectordb::backup::exec;
 use sectordb::sharing_sql;
+use sectordb_e2e::backup::{Setup, objects};
 use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
 use sectordb_e2e::{
     OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready,
@@ -300,4 +302,116 @@ async fn a_grant_interrupted_between_its_steps_ends_right_without_a_second_role(
     scale_operator(&client, 1).await?;
     outcome?;
     a.delete().await
+}
+
+/// Whether a pgBackRest backup runs in `pod` now.
+async fn backup_running(pods: &Api<Pod>, pod: &str) -> bool {
+    // No ps in the image; the bracket keeps grep from finding its own command line.
+    let command = [
+        "sh",
+        "-c",
+        "grep -lsaq -- '--type=ful[l]' /proc/[0-9]*/cmdline",
+    ]
+    .map(String::from)
+    .to_vec();
+    exec::run(pods, pod, command, Duration::from_secs(20))
+        .await
+        .is_ok_and(|o| o.succeeded())
+}
+
+#[tokio::test]
+async fn an_operator_killed_during_a_backup_never_reports_one_the_repository_lacks() -> Result<()> {
+    let client = client().await?;
+    let (setup, store) = Setup::new(&client, "bkill", 1).await?;
+    let ns = setup.ns.name.clone();
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("db", 3))?,
+    )
+    .await?;
+    wait_for(&api, "db", 4 * MINUTE, "first backup", |db| {
+        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_successful.clone())
+            .is_some()
+    })
+    .await?;
+    // Enough data that the backup lasts a few seconds.
+    connect_with(
+        &Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("db-app")
+            .await?,
+    )
+    .await?
+    .batch_execute(
+        "CREATE TABLE filler AS SELECT g, md5(g::text) AS a, md5((g + 1)::text) AS b FROM generate_series(1, 3000000) g",
+    )
+    .await?;
+    let request =
+        json!({"metadata": {"annotations": {"sectordb.io/backup-request": "during-restart"}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&request))
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    poll(2 * MINUTE, "the requested backup running", || async {
+        backup_running(&pods, "db-0").await.then_some(())
+    })
+    .await?;
+    let old = operator_pod(&client).await?.name_any();
+    Api::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+        .delete(
+            &old,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    // The new operator finishes the request: the backup completed, or ran again.
+    let db = wait_for(
+        &api,
+        "db",
+        5 * MINUTE,
+        "request recorded after the restart",
+        |db| {
+            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
+                .as_deref()
+                == Some("during-restart")
+        },
+    )
+    .await?
+    .context("database vanished")?;
+    let backup = db
+        .status
+        .and_then(|s| s.backup)
+        .context("no status.backup")?;
+    let (stanza, label) = (
+        backup.stanza.clone().context("no stanza")?,
+        backup
+            .last_successful
+            .as_ref()
+            .and_then(|l| l.label.clone())
+            .context("no label")?,
+    );
+    let found = objects(&client, &store, &format!("/{ns}"), "no marker").await?;
+    let complete = |label: &str| {
+        found.iter().any(|o| {
+            o.key
+                .ends_with(&format!("backup/{stanza}/{label}/backup.manifest"))
+        })
+    };
+    assert!(
+        complete(&label),
+        "status names {label}, which the bucket lacks"
+    );
+    let in_bucket: std::collections::BTreeSet<&str> = found
+        .iter()
+        .filter(|o| o.key.ends_with("/backup.manifest"))
+        .filter_map(|o| o.key.split('/').rev().nth(1))
+        .collect();
+    assert_eq!(
+        backup.backups,
+        Some(in_bucket.len() as i32),
+        "status counts {:?} backups, the bucket holds {in_bucket:?}",
+        backup.backups
+    );
+    setup.delete().await
 }

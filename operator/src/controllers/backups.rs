@@ -488,7 +488,7 @@ pub async fn run(
         backed_up: true,
         reason: "BackedUp",
         message: format!(
-            "{} backup {label} of {} in {repo} (policy {policy_name}); {} backups kept",
+            "{} backup {label} of {} in {repo} (policy {policy_name}); backups in the repository: {}",
             last.kind,
             last.time.0,
             state.backups.unwrap_or(0)
