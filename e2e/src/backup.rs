@@ -2,12 +2,13 @@
 //! names them, and a look into a bucket with a real S3 client (boto3 from the harness's venv).
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use sectordb::api::BackupPolicy;
+use sectordb::api::{BackupPolicy, SectorDatabase};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -174,6 +175,23 @@ impl Setup {
             },
             store,
         ))
+    }
+
+    /// A level-3 SectorDatabase `db` in the namespace, once its first backup is in the
+    /// repository.
+    pub async fn backed_up_database(&self) -> Result<Api<SectorDatabase>> {
+        let api: Api<SectorDatabase> = Api::namespaced(self.client.clone(), &self.ns.name);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(crate::database("db", 3))?,
+        )
+        .await?;
+        crate::wait_for(&api, "db", Duration::from_secs(300), "first backup", |db| {
+            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_successful.clone())
+                .is_some()
+        })
+        .await?;
+        Ok(api)
     }
 
     pub async fn delete(self) -> Result<()> {

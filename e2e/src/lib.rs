@@ -149,6 +149,17 @@ impl TestNamespace {
     }
 }
 
+/// What the operator's metrics Service serves (`/metrics`).
+pub async fn operator_metrics(client: &Client) -> Result<String> {
+    proxy_get(
+        client,
+        OPERATOR_NAMESPACE,
+        "services/sectordb-operator-metrics:http-metrics",
+        "/metrics",
+    )
+    .await
+}
+
 /// A value of a Secret as text.
 pub fn secret_text(secret: &Secret, key: &str) -> Result<String> {
     let bytes = secret

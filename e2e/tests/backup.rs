@@ -11,9 +11,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sectordb::api::{BackupPolicy, SectorDatabase};
 use sectordb_e2e::backup::{Setup, objects};
-use sectordb_e2e::{
-    OPERATOR_NAMESPACE, client, connect_with, database, is_ready, proxy_get, wait_for,
-};
+use sectordb_e2e::{client, connect_with, database, is_ready, operator_metrics, wait_for};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(180);
@@ -52,14 +50,8 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     let client = client().await?;
     let (setup, store) = Setup::new(&client, "backup", 1).await?;
     let ns = setup.ns.name.clone();
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("db", 3))?,
-    )
-    .await?;
-    wait_for(&api, "db", READY, "Ready", is_ready).await?;
     // The first backup comes by itself: nothing is recoverable before one.
+    let api = setup.backed_up_database().await?;
     let first = wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
         condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
     })
@@ -143,13 +135,7 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     assert!(found.iter().map(|o| o.size).sum::<i64>() > 0);
 
     // The operator's metrics carry the same backup (one replica: the chart's default).
-    let metrics = proxy_get(
-        &client,
-        OPERATOR_NAMESPACE,
-        "services/sectordb-operator-metrics:http-metrics",
-        "/metrics",
-    )
-    .await?;
+    let metrics = operator_metrics(&client).await?;
     let series = metrics
         .lines()
         .find(|l| {
@@ -224,16 +210,7 @@ async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() 
     let client = client().await?;
     let (setup, _) = Setup::new(&client, "pitr", 1).await?;
     let ns = setup.ns.name.clone();
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("db", 3))?,
-    )
-    .await?;
-    wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
-        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
-    })
-    .await?;
+    let api = setup.backed_up_database().await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let app = connect_with(&secrets.get("db-app").await?).await?;
     app.batch_execute("CREATE TABLE rows (v text); INSERT INTO rows VALUES ('A')")
@@ -339,17 +316,8 @@ async fn a_deleted_database_leaves_a_final_backup_that_restores_into_a_new_one()
     let client = client().await?;
     let (setup, _) = Setup::new(&client, "final", 1).await?;
     let ns = setup.ns.name.clone();
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
     // deletionPolicy: Delete, as every test database.
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("db", 3))?,
-    )
-    .await?;
-    wait_for(&api, "db", BACKED_UP, "BackedUp", |db| {
-        condition(db, "BackedUp").is_some_and(|c| c.0 == "True")
-    })
-    .await?;
+    let api = setup.backed_up_database().await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     connect_with(&secrets.get("db-app").await?)
         .await?

@@ -324,17 +324,7 @@ async fn an_operator_killed_during_a_backup_never_reports_one_the_repository_lac
     let client = client().await?;
     let (setup, store) = Setup::new(&client, "bkill", 1).await?;
     let ns = setup.ns.name.clone();
-    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(database("db", 3))?,
-    )
-    .await?;
-    wait_for(&api, "db", 4 * MINUTE, "first backup", |db| {
-        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_successful.clone())
-            .is_some()
-    })
-    .await?;
+    let api = setup.backed_up_database().await?;
     // Enough data that the backup lasts a few seconds.
     connect_with(
         &Api::<Secret>::namespaced(client.clone(), &ns)

@@ -14,7 +14,7 @@ use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
     OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, database, observed_current,
-    operator_ready, proxy_get, ready_reason, wait_for,
+    operator_metrics, operator_ready, ready_reason, wait_for,
 };
 use serde_json::json;
 
@@ -167,13 +167,7 @@ async fn the_schema_rejects_bad_input_and_the_operator_reports_what_cel_would() 
 #[tokio::test]
 async fn metrics_are_served() -> Result<()> {
     let client = client().await?;
-    let metrics = proxy_get(
-        &client,
-        OPERATOR_NAMESPACE,
-        "services/sectordb-operator-metrics:http-metrics",
-        "/metrics",
-    )
-    .await?;
+    let metrics = operator_metrics(&client).await?;
     assert!(metrics.contains("sectordb_leader 1"), "{metrics}");
     assert!(
         metrics.contains("sectordb_reconciles_total{controller="),
