@@ -31,16 +31,24 @@ fn harness() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster")
 }
 
-/// The object stores the harness runs (`e2e/cluster object-stores` prints one JSON line each).
+/// The object stores the harness runs (`e2e/cluster object-stores` prints one JSON line each):
+/// what scripts/test saved in `SECTORDB_OBJECT_STORES`, or else the harness's answer (which also
+/// starts them, and would bring back a data center a test has cut off).
 pub fn object_stores() -> Result<Vec<ObjectStore>> {
-    let out = Command::new(harness()).arg("object-stores").output()?;
-    if !out.status.success() {
-        bail!(
-            "e2e/cluster object-stores: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8(out.stdout)?
+    let printed = match std::env::var("SECTORDB_OBJECT_STORES") {
+        Ok(printed) => printed,
+        Err(_) => {
+            let out = Command::new(harness()).arg("object-stores").output()?;
+            if !out.status.success() {
+                bail!(
+                    "e2e/cluster object-stores: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            String::from_utf8(out.stdout)?
+        }
+    };
+    printed
         .lines()
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
@@ -127,20 +135,34 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// With `mirror_max_lag`, each policy also mirrors to the Government data center.
+    /// Returns the provincial and the Government data center's object stores too.
     pub async fn new(
         client: &Client,
         prefix: &str,
         policies: usize,
-    ) -> Result<(Setup, ObjectStore)> {
+        mirror_max_lag: Option<&str>,
+    ) -> Result<(Setup, ObjectStore, ObjectStore)> {
         let ns = TestNamespace::create(client, prefix).await?;
         let label = json!({"metadata": {"labels": {"sectordb.io/backup": ns.name}}});
         Api::<Namespace>::all(client.clone())
             .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
             .await?;
-        let store = object_stores()?
-            .into_iter()
-            .find(|s| s.role == "ProvincialDataCenter")
-            .context("no provincial data center object store")?;
+        let stores = object_stores()?;
+        let role = |role: &str| {
+            stores
+                .iter()
+                .find(|s| s.role == role)
+                .cloned()
+                .with_context(|| format!("no {role} object store"))
+        };
+        let (store, government) = (role("ProvincialDataCenter")?, role("GovernmentDataCenter")?);
+        let mut repositories = vec![repository(&store, &format!("/{}", ns.name))];
+        if let Some(lag) = mirror_max_lag {
+            let mut mirror = repository(&government, &format!("/mirror-{}", ns.name));
+            mirror["maxLag"] = json!(lag);
+            repositories.push(mirror);
+        }
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": ns.name},
             "stringData": {"passphrase": format!("passphrase of {}", ns.name)}
@@ -158,7 +180,7 @@ impl Setup {
                     "databaseSelector": {"namespaceSelector": {"matchLabels": {"sectordb.io/backup": ns.name}}},
                     "schedule": {"full": "0 1 * * 0", "timeZone": "Asia/Ho_Chi_Minh"},
                     "retention": {"fullBackups": 2},
-                    "repositories": [repository(&store, &format!("/{}", ns.name))],
+                    "repositories": repositories,
                     "encryption": {"keySecret": {"name": ns.name}}
                 }
             }))?;
@@ -174,6 +196,7 @@ impl Setup {
                 client: client.clone(),
             },
             store,
+            government,
         ))
     }
 
@@ -194,6 +217,13 @@ impl Setup {
         Ok(api)
     }
 
+    /// The first policy as it is now.
+    pub async fn policy(&self) -> Result<BackupPolicy> {
+        Ok(Api::<BackupPolicy>::all(self.client.clone())
+            .get(&self.policies[0])
+            .await?)
+    }
+
     pub async fn delete(self) -> Result<()> {
         let policies: Api<BackupPolicy> = Api::all(self.client.clone());
         for name in &self.policies {
@@ -204,4 +234,19 @@ impl Setup {
             .await?;
         self.ns.delete().await
     }
+}
+
+/// Cuts a data center off (`stop`) or brings it back (`start`): its TLS front, as a WAN outage
+/// would; the objects it holds survive.
+pub fn object_store(action: &str, name: &str) -> Result<()> {
+    let out = Command::new(harness())
+        .args([&format!("object-store-{action}"), name])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "e2e/cluster object-store-{action} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }

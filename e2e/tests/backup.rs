@@ -48,7 +48,7 @@ async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
 #[tokio::test]
 async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says() -> Result<()> {
     let client = client().await?;
-    let (setup, store) = Setup::new(&client, "backup", 1).await?;
+    let (setup, store, _) = Setup::new(&client, "backup", 1, None).await?;
     let ns = setup.ns.name.clone();
     // The first backup comes by itself: nothing is recoverable before one.
     let api = setup.backed_up_database().await?;
@@ -164,7 +164,7 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
 #[tokio::test]
 async fn a_database_two_policies_select_is_a_conflict_reported_on_both() -> Result<()> {
     let client = client().await?;
-    let (setup, _) = Setup::new(&client, "conflict", 2).await?;
+    let (setup, _, _) = Setup::new(&client, "conflict", 2, None).await?;
     let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &setup.ns.name);
     api.create(
         &PostParams::default(),
@@ -208,7 +208,7 @@ fn restored(name: &str, namespace: &str, policy: &str, target_time: &str) -> ser
 #[tokio::test]
 async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() -> Result<()> {
     let client = client().await?;
-    let (setup, _) = Setup::new(&client, "pitr", 1).await?;
+    let (setup, _, _) = Setup::new(&client, "pitr", 1, None).await?;
     let ns = setup.ns.name.clone();
     let api = setup.backed_up_database().await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -314,7 +314,7 @@ async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() 
 #[tokio::test]
 async fn a_deleted_database_leaves_a_final_backup_that_restores_into_a_new_one() -> Result<()> {
     let client = client().await?;
-    let (setup, _) = Setup::new(&client, "final", 1).await?;
+    let (setup, _, _) = Setup::new(&client, "final", 1, None).await?;
     let ns = setup.ns.name.clone();
     // deletionPolicy: Delete, as every test database.
     let api = setup.backed_up_database().await?;

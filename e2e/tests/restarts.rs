@@ -322,7 +322,7 @@ async fn backup_running(pods: &Api<Pod>, pod: &str) -> bool {
 #[tokio::test]
 async fn an_operator_killed_during_a_backup_never_reports_one_the_repository_lacks() -> Result<()> {
     let client = client().await?;
-    let (setup, store) = Setup::new(&client, "bkill", 1).await?;
+    let (setup, store, _) = Setup::new(&client, "bkill", 1, None).await?;
     let ns = setup.ns.name.clone();
     let api = setup.backed_up_database().await?;
     // Enough data that the backup lasts a few seconds.

@@ -312,7 +312,7 @@ pub struct VerificationResult {
 pub struct MirrorStatus {
     /// Repository name.
     pub name: String,
-    /// Age of the oldest primary object not yet copied.
+    /// 0 after a complete pass; while passes fail, seconds since the last complete one.
     #[schemars(range(min = 0))]
     pub lag_seconds: i64,
     /// When the mirror last matched the primary.

@@ -3,5 +3,6 @@
 //! reads back (`pgbackrest info`, the only source of what status reports).
 
 pub mod exec;
+pub mod mirror;
 pub mod pgbackrest;
 pub mod schedule;

@@ -15,6 +15,9 @@ use serde_json::json;
 use super::database::CONTROLLER as CONTROLLER_DATABASE;
 use super::{Context, Result, apply_child};
 use crate::api::database::BackupState;
+use crate::api::policy::{
+    BackupPolicySpec, MirrorStatus, PassphraseSecret, Repository, RepositoryRole,
+};
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::exec;
 use crate::backup::pgbackrest::{self, Kind, Layout, RepositorySecrets};
@@ -50,6 +53,8 @@ pub struct Outcome {
     pub event: Option<(bool, &'static str, String)>,
     /// Look again this soon (a pending configuration, a failed backup).
     pub retry_in: Option<Duration>,
+    /// Encrypted backups of the database are kept off site (see `offsite`).
+    pub offsite: bool,
 }
 
 fn not_backed_up(reason: &'static str, message: impl Into<String>) -> Outcome {
@@ -60,6 +65,7 @@ fn not_backed_up(reason: &'static str, message: impl Into<String>) -> Outcome {
         state: None,
         event: None,
         retry_in: None,
+        offsite: false,
     }
 }
 
@@ -95,17 +101,22 @@ async fn secret_value(
         .ok_or_else(|| format!("Secret {name:?} with key {key:?}")))
 }
 
-/// pgbackrest.conf for `stanza` in the primary repository of `policy`, as mounted at
-/// `config_dir`, and that repository's CA; the keys and passphrase come from the policy's
-/// Secrets in the operator's namespace. `Err` names what is missing there.
-pub async fn repository_config(
+/// A repository's keys and CA, read from the policy's Secrets in the operator's namespace.
+pub struct Keys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub ca_pem: Option<String>,
+}
+
+/// The keys of `repository`, and the passphrase when `passphrase` names one; `Err` lists what the
+/// operator's namespace lacks.
+pub async fn repository_keys(
     ctx: &Context,
-    policy: &BackupPolicy,
-    stanza: &str,
-    config_dir: &str,
-) -> Result<std::result::Result<(String, Option<String>), String>> {
+    repository: &Repository,
+    passphrase: Option<&PassphraseSecret>,
+) -> Result<std::result::Result<(Keys, Option<String>), Vec<String>>> {
     let operator: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let s3 = &policy.spec.repositories[0].s3;
+    let s3 = &repository.s3;
     let mut missing = Vec::new();
     let mut read = |found: std::result::Result<String, String>| match found {
         Ok(value) => Some(value),
@@ -129,18 +140,46 @@ pub async fn repository_config(
         Some(ca) => read(secret_value(&operator, &ca.name, &ca.key).await?),
         None => None,
     };
-    let passphrase = match &policy.spec.encryption {
-        Some(e) => read(secret_value(&operator, &e.key_secret.name, &e.key_secret.key).await?),
+    let passphrase = match passphrase {
+        Some(p) => read(secret_value(&operator, &p.name, &p.key).await?),
         None => None,
     };
-    let (Some(key_id), Some(key_secret), true) = (key_id, key_secret, missing.is_empty()) else {
-        return Ok(Err(format!(
-            "BackupPolicy {} names what namespace {} lacks: {}",
-            policy.name_any(),
-            ctx.namespace,
-            missing.join(", ")
-        )));
-    };
+    match (key_id, key_secret) {
+        (Some(access_key_id), Some(secret_access_key)) if missing.is_empty() => Ok(Ok((
+            Keys {
+                access_key_id,
+                secret_access_key,
+                ca_pem: ca,
+            },
+            passphrase,
+        ))),
+        _ => Ok(Err(missing)),
+    }
+}
+
+/// pgbackrest.conf for `stanza` in the primary repository of `policy`, as mounted at
+/// `config_dir`, and that repository's CA; the keys and passphrase come from the policy's
+/// Secrets in the operator's namespace. `Err` names what is missing there.
+pub async fn repository_config(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    stanza: &str,
+    config_dir: &str,
+) -> Result<std::result::Result<(String, Option<String>), String>> {
+    let passphrase = policy.spec.encryption.as_ref().map(|e| &e.key_secret);
+    let (keys, passphrase) =
+        match repository_keys(ctx, &policy.spec.repositories[0], passphrase).await? {
+            Ok(found) => found,
+            Err(missing) => {
+                return Ok(Err(format!(
+                    "BackupPolicy {} names what namespace {} lacks: {}",
+                    policy.name_any(),
+                    ctx.namespace,
+                    missing.join(", ")
+                )));
+            }
+        };
+    let (key_id, key_secret, ca) = (keys.access_key_id, keys.secret_access_key, keys.ca_pem);
     let config = pgbackrest::config(
         &policy.spec,
         &RepositorySecrets {
@@ -351,6 +390,7 @@ pub async fn run(
         state: Some(state.clone()),
         event: Some((true, reason, message)),
         retry_in: Some(Duration::from_secs(120)),
+        offsite: false,
     };
 
     let seen = exec::run(
@@ -451,6 +491,15 @@ pub async fn run(
         state.recoverable_from = backups.first().map(|b| b.time.clone());
         state.last_successful = backups.last().cloned();
     }
+    let mirrors = plan
+        .policy
+        .status
+        .as_ref()
+        .map(|s| s.mirrors.clone())
+        .unwrap_or_default();
+    if let Some(last) = state.last_successful.as_mut() {
+        last.repos = holding(&plan.policy.spec, &mirrors, &last.time);
+    }
     let Some(last) = state.last_successful.clone() else {
         return Ok(Outcome {
             state: Some(state),
@@ -488,13 +537,98 @@ pub async fn run(
         backed_up: true,
         reason: "BackedUp",
         message: format!(
-            "{} backup {label} of {} in {repo} (policy {policy_name}); backups in the repository: {}",
+            "{} backup {label} of {} in {} (policy {policy_name}); backups in the repository: {}",
             last.kind,
             last.time.0,
+            last.repos.join(" and "),
             state.backups.unwrap_or(0)
         ),
+        offsite: offsite(&plan.policy.spec, &mirrors),
         state: Some(state),
         event,
         retry_in: None,
     })
+}
+
+/// The repositories that hold a backup completed at `time`: the primary, and each mirror whose
+/// last complete pass came after it. Pure.
+pub fn holding(policy: &BackupPolicySpec, mirrors: &[MirrorStatus], time: &Time) -> Vec<String> {
+    let mut repos: Vec<String> = policy
+        .repositories
+        .iter()
+        .take(1)
+        .map(|r| r.name.clone())
+        .collect();
+    repos.extend(
+        mirrors
+            .iter()
+            .filter(|m| m.last_synced.as_ref().is_some_and(|t| t.0 >= time.0))
+            .map(|m| m.name.clone()),
+    );
+    repos
+}
+
+/// Whether encrypted backups are kept off site: the policy encrypts and a Government data
+/// center mirror is within its maxLag. Pure.
+pub fn offsite(policy: &BackupPolicySpec, mirrors: &[MirrorStatus]) -> bool {
+    policy.encryption.is_some()
+        && policy.repositories.iter().skip(1).any(|r| {
+            r.role == RepositoryRole::GovernmentDataCenter
+                && mirrors
+                    .iter()
+                    .any(|m| m.name == r.name && m.healthy && m.last_synced.is_some())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(encrypted: bool) -> BackupPolicySpec {
+        let repo = |name: &str, role: &str| {
+            serde_json::json!({"name": name, "role": role, "s3": {
+            "endpoint": "https://s3.example", "bucket": "bucket", "credentialsSecret": {"name": "s"}}})
+        };
+        let mut spec = serde_json::json!({
+            "databaseSelector": {}, "schedule": {"full": "0 1 * * 0"}, "retention": {"fullBackups": 2},
+            "repositories": [repo("provincial-dc", "ProvincialDataCenter"), repo("government-dc", "GovernmentDataCenter")]
+        });
+        if encrypted {
+            spec["encryption"] = serde_json::json!({"keySecret": {"name": "enc"}});
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    fn mirror(synced: &str, healthy: bool) -> MirrorStatus {
+        MirrorStatus {
+            name: "government-dc".into(),
+            lag_seconds: 0,
+            last_synced: Some(Time(synced.parse().unwrap())),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn a_backup_is_in_a_mirror_once_a_pass_completed_after_it() {
+        let time = Time("2026-11-30T04:00:00Z".parse().unwrap());
+        let before = [mirror("2026-11-30T03:59:59Z", true)];
+        assert_eq!(holding(&spec(true), &before, &time), ["provincial-dc"]);
+        let after = [mirror("2026-11-30T04:00:20Z", true)];
+        assert_eq!(
+            holding(&spec(true), &after, &time),
+            ["provincial-dc", "government-dc"]
+        );
+    }
+
+    #[test]
+    fn backups_count_as_off_site_only_encrypted_and_with_the_mirror_within_its_lag() {
+        let kept = [mirror("2026-11-30T04:00:20Z", true)];
+        assert!(offsite(&spec(true), &kept));
+        assert!(!offsite(&spec(false), &kept));
+        assert!(!offsite(
+            &spec(true),
+            &[mirror("2026-11-30T04:00:20Z", false)]
+        ));
+        assert!(!offsite(&spec(true), &[]));
+    }
 }

@@ -525,6 +525,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         (Some(Ok(observed)), Ok(plan)) => {
             let outcome = backups::run(ctx, db, &plan, observed, &now()).await?;
             observed.backed_up_with_wal = outcome.backed_up;
+            observed.offsite_encrypted = outcome.backed_up && outcome.offsite;
             Some(outcome)
         }
         (Some(Ok(_)), Err(outcome)) => Some(outcome),
@@ -993,6 +994,7 @@ mod tests {
             }),
             event: None,
             retry_in: None,
+            offsite: false,
         };
         let with_backup = Provisioned {
             backup: Some(outcome),

@@ -1,8 +1,8 @@
 //! The BackupPolicy controller: validates the policy, checks that its Secrets exist, counts the
 //! databases it selects and those it backs up (the database controller runs the backups and
-//! reports them in each database's status), and reports conflicts: a database two policies
-//! select is backed up by neither until one lets go. Off-site mirrors are not kept yet, so a
-//! policy with mirrors says so instead of claiming Ready.
+//! reports them in each database's status), reports conflicts (a database two policies select
+//! is backed up by neither until one lets go), and keeps the off-site mirrors: each pass copies
+//! what the primary repository gained since the last one, and the mirror's lag is in status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Result, announce, now, report_undecodable, write_status};
-use crate::api::policy::{BackupPolicyStatus, DatabaseSelector};
+use super::{Context, Result, announce, backups, now, report_undecodable, write_status};
+use crate::api::policy::{BackupPolicyStatus, DatabaseSelector, MirrorStatus, Repository};
 use crate::api::{BackupPolicy, SectorDatabase};
-use crate::backup::schedule;
+use crate::backup::{mirror, schedule};
 use crate::conditions::{Want, settle, status_of};
 use crate::validate;
 
@@ -66,17 +66,19 @@ pub struct Facts {
     pub missing: Vec<String>,
     /// The latest backup among the databases it covers.
     pub last_run: Option<Time>,
+    /// The mirrors as the last pass left them.
+    pub mirrors: Vec<MirrorStatus>,
 }
 
 /// The status a policy should have. Pure.
 pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> BackupPolicyStatus {
     let spec = &policy.spec;
     let primary = spec.repositories.first().map_or("", |r| r.name.as_str());
-    let mirrors: Vec<&str> = spec
-        .repositories
+    let behind: Vec<String> = facts
+        .mirrors
         .iter()
-        .skip(1)
-        .map(|r| r.name.as_str())
+        .filter(|m| !m.healthy)
+        .map(|m| format!("{} ({} s behind)", m.name, m.lag_seconds))
         .collect();
     let counts = format!(
         "{} of {} selected databases backed up to {primary}",
@@ -107,16 +109,25 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
                 facts.conflicts.join(", ")
             ),
         ),
-        Ok(()) if !mirrors.is_empty() => Want::new(
+        Ok(()) if !behind.is_empty() => Want::new(
             "Ready",
             false,
-            "MirrorsNotRunning",
+            "MirrorBehind",
             format!(
-                "{counts}; the off-site mirror(s) {} are not kept by this operator version",
-                mirrors.join(", ")
+                "{counts}; mirror(s) behind by more than their maxLag: {}",
+                behind.join(", ")
             ),
         ),
-        Ok(()) => Want::new("Ready", true, "BackingUp", counts),
+        Ok(()) if facts.mirrors.is_empty() => Want::new("Ready", true, "BackingUp", counts),
+        Ok(()) => {
+            let kept: Vec<String> = facts
+                .mirrors
+                .iter()
+                .map(|m| format!("{} (lag {} s)", m.name, m.lag_seconds))
+                .collect();
+            let message = format!("{counts}, mirrored to {}", kept.join(", "));
+            Want::new("Ready", true, "BackingUp", message)
+        }
     };
     let previous = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
@@ -127,18 +138,130 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
         healthy_databases: Some(facts.healthy),
         last_run: facts.last_run.clone().or(previous.last_run.clone()),
         next_run: schedule::next_run(&spec.schedule, now.0).map(Time),
+        mirrors: facts.mirrors.clone(),
         ..previous
     }
+}
+
+/// How often a mirror gets a pass; a pass within this of the last one is not repeated when some
+/// database's change wakes the controller.
+const MIRROR_PASS_EVERY: Duration = Duration::from_secs(20);
+
+/// The mirror's status after a pass: no lag when it went through; otherwise the time since the
+/// last complete pass (what the primary gained since may be missing). Pure.
+fn mirror_status(
+    repository: &Repository,
+    pass: &std::result::Result<(), String>,
+    last_synced: Option<&Time>,
+    since: &Time,
+    now: &Time,
+) -> MirrorStatus {
+    let max_lag = repository
+        .max_lag
+        .as_deref()
+        .and_then(validate::parse_duration)
+        .unwrap_or(3600);
+    let (lag_seconds, last_synced) = match pass {
+        Ok(()) => (0, Some(now.clone())),
+        Err(_) => {
+            let from = last_synced.unwrap_or(since);
+            (
+                (now.0.as_second() - from.0.as_second()).max(0),
+                last_synced.cloned(),
+            )
+        }
+    };
+    MirrorStatus {
+        name: repository.name.clone(),
+        lag_seconds,
+        last_synced,
+        healthy: lag_seconds <= max_lag,
+    }
+}
+
+/// One pass over each mirror of `policy`, unless it had one within `MIRROR_PASS_EVERY`.
+async fn keep_mirrors(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    now: &Time,
+) -> Result<Vec<MirrorStatus>> {
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.mirrors.clone())
+        .unwrap_or_default();
+    let since = policy
+        .metadata
+        .creation_timestamp
+        .clone()
+        .unwrap_or_else(|| now.clone());
+    let Some(primary) = policy.spec.repositories.first() else {
+        return Ok(Vec::new());
+    };
+    let mut statuses = Vec::new();
+    for repository in policy.spec.repositories.iter().skip(1) {
+        let before = previous.iter().find(|m| m.name == repository.name);
+        let recent = before
+            .and_then(|m| m.last_synced.as_ref())
+            .is_some_and(|t| {
+                now.0.as_second() - t.0.as_second() < MIRROR_PASS_EVERY.as_secs() as i64
+            });
+        if let (true, Some(before)) = (recent, before) {
+            statuses.push(before.clone());
+            continue;
+        }
+        let pass = match (
+            backups::repository_keys(ctx, primary, None).await?,
+            backups::repository_keys(ctx, repository, None).await?,
+        ) {
+            (Ok((from, _)), Ok((to, _))) => pass(primary, &from, repository, &to).await,
+            _ => Err("the repositories' Secrets are missing".to_string()),
+        };
+        if let Err(error) = &pass {
+            tracing::warn!(
+                policy = %policy.name_any(), mirror = %repository.name, %error,
+                "mirror pass failed; it is retried"
+            );
+        }
+        let last = before.and_then(|m| m.last_synced.as_ref());
+        statuses.push(mirror_status(repository, &pass, last, &since, now));
+    }
+    Ok(statuses)
+}
+
+/// One pass copying what `primary` gained to `mirror`.
+async fn pass(
+    primary: &Repository,
+    from: &backups::Keys,
+    mirror: &Repository,
+    to: &backups::Keys,
+) -> std::result::Result<(), String> {
+    let open = |repository, keys: &backups::Keys| {
+        mirror::open(&mirror::Access {
+            repository,
+            access_key_id: &keys.access_key_id,
+            secret_access_key: &keys.secret_access_key,
+            ca_pem: keys.ca_pem.as_deref(),
+        })
+    };
+    let done = mirror::sync(&open(primary, from)?, &open(mirror, to)?).await?;
+    if done.copied + done.deleted > 0 {
+        tracing::info!(
+            mirror = %mirror.name, copied = done.copied, deleted = done.deleted, bytes = done.bytes,
+            "mirror pass"
+        );
+    }
+    Ok(())
 }
 
 /// The Secrets and keys a policy names that `present` (name -> keys) lacks.
 fn missing_secrets(policy: &BackupPolicy, present: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let mut wanted: Vec<(&str, &str)> = Vec::new();
-    if let Some(primary) = policy.spec.repositories.first() {
-        let c = &primary.s3.credentials_secret;
+    for repository in &policy.spec.repositories {
+        let c = &repository.s3.credentials_secret;
         wanted.push((&c.name, &c.access_key_id_key));
         wanted.push((&c.name, &c.secret_access_key_key));
-        if let Some(ca) = &primary.s3.ca_secret {
+        if let Some(ca) = &repository.s3.ca_secret {
             wanted.push((&ca.name, &ca.key));
         }
     }
@@ -233,7 +356,11 @@ async fn reconcile(
             facts.last_run = last;
         }
     }
-    let status = desired_status(policy, &facts, &now());
+    let now = now();
+    if facts.missing.is_empty() && validate::policy(&policy.spec).is_ok() {
+        facts.mirrors = keep_mirrors(&ctx, policy, &now).await?;
+    }
+    let status = desired_status(policy, &facts, &now);
     write_status(&ctx, CONTROLLER, &api, policy, &status).await?;
     let previous = policy
         .status
@@ -243,8 +370,13 @@ async fn reconcile(
     if let Some(ready) = status.conditions.first() {
         announce(&ctx, policy, previous, ready).await;
     }
-    // Namespace labels and Secrets are not watched; a periodic look keeps the counts true.
-    Ok(Action::requeue(Duration::from_secs(120)))
+    // Namespace labels and Secrets are not watched; a periodic look keeps the counts true, and
+    // the mirrors get their next pass.
+    Ok(Action::requeue(if policy.spec.repositories.len() > 1 {
+        MIRROR_PASS_EVERY
+    } else {
+        Duration::from_secs(120)
+    }))
 }
 
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
@@ -347,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_is_ready_only_with_its_secrets_no_conflicts_and_no_mirror_it_cannot_keep() {
+    fn a_policy_is_ready_only_with_its_secrets_no_conflicts_and_its_mirrors_within_max_lag() {
         let now = Time("2026-11-30T00:00:00Z".parse().unwrap());
         let facts = Facts {
             selected: 2,
@@ -358,11 +490,25 @@ mod tests {
         assert_eq!(ready(&status), ("True".into(), "BackingUp".into()));
         assert_eq!(status.healthy_databases, Some(1));
         assert!(status.next_run.is_some());
-        let mirrored = desired_status(&policy(2), &facts, &now);
-        assert_eq!(
-            ready(&mirrored),
-            ("False".into(), "MirrorsNotRunning".into())
-        );
+        let mirror = |healthy| MirrorStatus {
+            name: "r1".into(),
+            lag_seconds: if healthy { 0 } else { 7200 },
+            last_synced: Some(now.clone()),
+            healthy,
+        };
+        let behind = Facts {
+            mirrors: vec![mirror(false)],
+            ..Facts::default()
+        };
+        let mirrored = desired_status(&policy(2), &behind, &now);
+        assert_eq!(ready(&mirrored), ("False".into(), "MirrorBehind".into()));
+        let kept = Facts {
+            mirrors: vec![mirror(true)],
+            ..Facts::default()
+        };
+        let status = desired_status(&policy(2), &kept, &now);
+        assert_eq!(ready(&status), ("True".into(), "BackingUp".into()));
+        assert_eq!(status.mirrors, [mirror(true)]);
         let conflict = Facts {
             conflicts: vec!["ns/db".into()],
             ..Facts::default()
@@ -386,5 +532,29 @@ mod tests {
             missing_secrets(&policy(1), &present),
             ["Secret \"enc\" key \"passphrase\""]
         );
+    }
+
+    #[test]
+    fn a_mirror_that_cannot_be_reached_falls_behind_from_its_last_complete_pass() {
+        let mut repository = policy(2).spec.repositories[1].clone();
+        repository.max_lag = Some("1m".into());
+        let at = |s: &str| Time(s.parse().unwrap());
+        let (created, synced, now) = (
+            at("2026-11-30T00:00:00Z"),
+            at("2026-11-30T01:00:00Z"),
+            at("2026-11-30T01:00:50Z"),
+        );
+        let ok = mirror_status(&repository, &Ok(()), Some(&synced), &created, &now);
+        assert_eq!((ok.lag_seconds, ok.healthy), (0, true));
+        assert_eq!(ok.last_synced, Some(now.clone()));
+        let down = Err("connection refused".to_string());
+        let recent = mirror_status(&repository, &down, Some(&synced), &created, &now);
+        assert_eq!((recent.lag_seconds, recent.healthy), (50, true));
+        let later = at("2026-11-30T01:01:30Z");
+        let long = mirror_status(&repository, &down, Some(&synced), &created, &later);
+        assert_eq!((long.lag_seconds, long.healthy), (90, false));
+        assert_eq!(long.last_synced, Some(synced));
+        let never = mirror_status(&repository, &down, None, &created, &now);
+        assert_eq!(never.lag_seconds, 3650);
     }
 }

@@ -1,0 +1,221 @@
+//! The off-site mirror end to end, against the harness's two S3 servers: backups reach the
+//! Government data center, verified and still encrypted, and an outage there costs nothing
+//! locally. These tests cut that data center off, so they run one at a time, apart from the
+//! other backup tests (scripts/test runs this file on its own).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use sectordb::api::{BackupPolicy, SectorDatabase};
+use sectordb_e2e::backup::{Setup, object_store, objects};
+use sectordb_e2e::{client, connect_with, wait_for};
+use serde_json::json;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The database's status once it shows the backup requested with `value`.
+async fn requested(api: &Api<SectorDatabase>, value: &str) -> Result<SectorDatabase> {
+    request_backup(api, value).await?;
+    wait_for(api, "db", 3 * MINUTE, "requested backup", |db| {
+        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
+            .as_deref()
+            == Some(value)
+    })
+    .await?
+    .context("database vanished")
+}
+
+/// The mirror's status on the policy, once a pass completed after `after`.
+fn mirrored_after(policy: &BackupPolicy, after: jiff::Timestamp) -> bool {
+    policy
+        .status
+        .as_ref()
+        .and_then(|s| s.mirrors.first())
+        .is_some_and(|m| {
+            m.healthy && m.lag_seconds == 0 && m.last_synced.as_ref().is_some_and(|t| t.0 >= after)
+        })
+}
+
+#[tokio::test]
+async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() -> Result<()> {
+    let client = client().await?;
+    let (setup, _, government) = Setup::new(&client, "mirror", 1, Some("10m")).await?;
+    let ns = setup.ns.name.clone();
+    let api = setup.backed_up_database().await?;
+    let marker = format!("MARKER-{ns}-mirror");
+    connect_with(
+        &Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("db-app")
+            .await?,
+    )
+    .await?
+    .batch_execute(&format!(
+        "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
+    ))
+    .await?;
+    let db = requested(&api, "to-mirror").await?;
+    let backup = db
+        .status
+        .and_then(|s| s.backup)
+        .context("no status.backup")?;
+    let last = backup.last_successful.context("no backup")?;
+    let (stanza, label) = (
+        backup.stanza.context("no stanza")?,
+        last.label.context("no label")?,
+    );
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    wait_for(
+        &policies,
+        &setup.policies[0],
+        Duration::from_secs(120),
+        "mirror caught up",
+        |p| p.is_some_and(|p| mirrored_after(p, last.time.0)),
+    )
+    .await?;
+    let found = objects(&client, &government, &format!("/mirror-{ns}"), &marker).await?;
+    let has = |suffix: &str| found.iter().any(|o| o.key.ends_with(suffix));
+    assert!(
+        has(&format!("backup/{stanza}/{label}/backup.manifest")),
+        "backup not mirrored"
+    );
+    assert!(
+        has(&format!("backup/{stanza}/backup.info"))
+            && has(&format!("archive/{stanza}/archive.info"))
+    );
+    assert!(
+        !found.iter().any(|o| o.has_marker),
+        "plaintext in the Government data center"
+    );
+    // The database's status and compliance see the off-site copy.
+    let db = wait_for(
+        &api,
+        "db",
+        Duration::from_secs(120),
+        "repos name the mirror",
+        |db| {
+            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_successful.clone())
+                .is_some_and(|l| l.repos.iter().any(|r| r == &government.name))
+        },
+    )
+    .await?
+    .context("database vanished")?;
+    let offsite = db
+        .status
+        .and_then(|s| s.compliance)
+        .and_then(|c| {
+            c.findings
+                .into_iter()
+                .find(|f| f.rule == "offsite-encrypted-backup")
+        })
+        .context("no off-site finding")?;
+    assert!(offsite.satisfied, "{}", offsite.message);
+    assert_eq!(
+        setup
+            .policy()
+            .await?
+            .status
+            .context("no status")?
+            .conditions[0]
+            .reason,
+        "BackingUp"
+    );
+    setup.delete().await
+}
+
+/// Brings the Government data center back however the test ends.
+struct Outage;
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        let _ = object_store("start", "government-dc");
+    }
+}
+
+#[tokio::test]
+async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_catches_up()
+-> Result<()> {
+    let client = client().await?;
+    let (setup, _, government) = Setup::new(&client, "outage", 1, Some("30s")).await?;
+    let ns = setup.ns.name.clone();
+    let api = setup.backed_up_database().await?;
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let name = setup.policies[0].clone();
+    let mirror =
+        |p: Option<&BackupPolicy>| p.and_then(|p| p.status.as_ref()?.mirrors.first().cloned());
+    wait_for(&policies, &name, 2 * MINUTE, "mirror in sync", |p| {
+        mirror(p).is_some_and(|m| m.healthy && m.last_synced.is_some())
+    })
+    .await?;
+
+    object_store("stop", &government.name)?;
+    let outage = Outage;
+    // Backups and archiving to the provincial data center go on.
+    let request =
+        json!({"metadata": {"annotations": {"sectordb.io/backup-request": "during-outage"}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&request))
+        .await?;
+    let db = wait_for(&api, "db", 3 * MINUTE, "backup during the outage", |db| {
+        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
+            .as_deref()
+            == Some("during-outage")
+    })
+    .await?
+    .context("database vanished")?;
+    let backup = db
+        .status
+        .and_then(|s| s.backup)
+        .context("no status.backup")?;
+    let label = backup
+        .last_successful
+        .as_ref()
+        .and_then(|l| l.label.clone())
+        .context("no label")?;
+    // The mirror falls behind, and the policy and the database say so.
+    let behind = wait_for(&policies, &name, 3 * MINUTE, "mirror behind", |p| {
+        mirror(p).is_some_and(|m| !m.healthy && m.lag_seconds > 30)
+    })
+    .await?;
+    assert_eq!(
+        behind
+            .and_then(|p| p.status?.conditions.first().cloned())
+            .map(|c| c.reason),
+        Some("MirrorBehind".to_string())
+    );
+    wait_for(&api, "db", 2 * MINUTE, "Compliant=False off site", |db| {
+        db.and_then(|d| d.status.as_ref()?.compliance.clone())
+            .is_some_and(|c| {
+                c.findings
+                    .iter()
+                    .any(|f| f.rule == "offsite-encrypted-backup" && !f.satisfied)
+            })
+    })
+    .await?;
+
+    drop(outage);
+    let after = jiff::Timestamp::now();
+    wait_for(&policies, &name, 3 * MINUTE, "mirror caught up", |p| {
+        mirror(p).is_some_and(|m| {
+            m.healthy && m.lag_seconds == 0 && m.last_synced.as_ref().is_some_and(|t| t.0 >= after)
+        })
+    })
+    .await?;
+    let stanza = backup.stanza.context("no stanza")?;
+    let found = objects(&client, &government, &format!("/mirror-{ns}"), "no marker").await?;
+    assert!(
+        found.iter().any(|o| o
+            .key
+            .ends_with(&format!("backup/{stanza}/{label}/backup.manifest"))),
+        "the backup taken during the outage is not in the mirror"
+    );
+    setup.delete().await
+}

@@ -1,0 +1,280 @@
+//! The off-site mirror: an asynchronous, resumable, verified copy of the primary repository's
+//! objects in another S3 repository, which pgBackRest reads as a repository of its own (the
+//! objects are the same bytes, encrypted by pgBackRest before they left the database's pod).
+//! pgBackRest's own multi-repository mode is not used: one unreachable repository stalls WAL
+//! archiving there, and a WAN outage must cost the province nothing locally.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use crate::api::policy::{Repository, UriStyle};
+
+/// A repository and the keys to reach it.
+pub struct Access<'a> {
+    pub repository: &'a Repository,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a str,
+    pub ca_pem: Option<&'a str>,
+}
+
+/// A bucket under the repository's path prefix.
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+/// Opens a repository's bucket. Requests give up within seconds, so an unreachable data center
+/// makes a pass fail fast instead of hanging the controller.
+pub fn open(access: &Access) -> Result<Bucket, String> {
+    let s3 = &access.repository.s3;
+    let mut options = ClientOptions::new()
+        .with_timeout(Duration::from_secs(30))
+        .with_connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = access.ca_pem {
+        let certificate = Certificate::from_pem(ca.as_bytes()).map_err(|e| e.to_string())?;
+        options = options
+            .with_root_certificate(certificate)
+            .with_no_system_certificates(true);
+    }
+    let retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(20),
+    };
+    let store = AmazonS3Builder::new()
+        .with_endpoint(s3.endpoint.trim_end_matches('/'))
+        .with_bucket_name(&s3.bucket)
+        .with_region(&s3.region)
+        .with_access_key_id(access.access_key_id)
+        .with_secret_access_key(access.secret_access_key)
+        .with_virtual_hosted_style_request(s3.uri_style == UriStyle::Host)
+        .with_client_options(options)
+        .with_retry(retry)
+        .build()
+        .map_err(|e| format!("{}: {e}", access.repository.name))?;
+    Ok(Bucket {
+        store: Arc::new(store),
+        prefix: Path::from(s3.path_prefix.as_deref().unwrap_or("").trim_matches('/')),
+    })
+}
+
+/// An object as a listing shows it, keyed relative to the repository's prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub size: u64,
+    /// Unix seconds.
+    pub modified: i64,
+}
+
+/// What one pass does, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Copy(String),
+    Delete(String),
+}
+
+/// The order pgBackRest's readers need: data first, then each backup's manifest, then the info
+/// files that name the backups and archives. A reader of the mirror never finds an info file
+/// that points at something not there yet.
+fn rank(key: &str) -> u8 {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    if name.starts_with("backup.info") || name.starts_with("archive.info") {
+        2
+    } else if name.starts_with("backup.manifest") {
+        1
+    } else {
+        0
+    }
+}
+
+/// The copies and deletions that make `mirror` match `primary`. Objects pgBackRest writes once
+/// are copied when missing or of another size; its info files, which it rewrites, also when the
+/// primary's copy is newer. Deletions (expiry on the primary) come last. Pure.
+pub fn plan(primary: &BTreeMap<String, Listed>, mirror: &BTreeMap<String, Listed>) -> Vec<Op> {
+    let mut copies: Vec<&String> = primary
+        .iter()
+        .filter(|(key, p)| match mirror.get(*key) {
+            None => true,
+            Some(m) => m.size != p.size || (rank(key) == 2 && p.modified > m.modified),
+        })
+        .map(|(key, _)| key)
+        .collect();
+    copies.sort_by_key(|key| (rank(key), *key));
+    let mut ops: Vec<Op> = copies.into_iter().map(|k| Op::Copy(k.clone())).collect();
+    ops.extend(
+        mirror
+            .keys()
+            .filter(|key| !primary.contains_key(*key))
+            .map(|key| Op::Delete(key.clone())),
+    );
+    ops
+}
+
+impl Bucket {
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    async fn list(&self) -> Result<BTreeMap<String, Listed>, String> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let strip = prefix.map_or(0, |p| p.as_ref().len() + 1);
+        self.store
+            .list(prefix)
+            .map_ok(|meta| {
+                let key = meta.location.as_ref()[strip..].to_string();
+                let listed = Listed {
+                    size: meta.size,
+                    modified: meta.last_modified.timestamp(),
+                };
+                (key, listed)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Copies one object and checks the copy: the mirror's ETag of a single-part upload is the MD5
+/// of the bytes it stored, which must be the MD5 of the bytes read from the primary.
+async fn copy(primary: &Bucket, mirror: &Bucket, key: &str) -> Result<u64, String> {
+    let bytes = primary
+        .store
+        .get(&primary.path(key))
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    let expected = format!("{:x}", Md5::digest(&bytes));
+    let size = bytes.len() as u64;
+    let stored = mirror
+        .store
+        .put(&mirror.path(key), PutPayload::from_bytes(bytes))
+        .await
+        .map_err(|e| format!("writing {key}: {e}"))?;
+    let etag = stored.e_tag.unwrap_or_default();
+    if etag.trim_matches('"') != expected {
+        return Err(format!(
+            "{key}: the mirror stored other bytes (ETag {etag}, MD5 of the source {expected})"
+        ));
+    }
+    Ok(size)
+}
+
+/// What a pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub copied: usize,
+    pub deleted: usize,
+    pub bytes: u64,
+}
+
+/// One pass that makes `mirror` match `primary`; data objects four at a time, manifests and
+/// info files after them in order. An interrupted pass leaves a mirror the next pass completes.
+pub async fn sync(primary: &Bucket, mirror: &Bucket) -> Result<Pass, String> {
+    let (source, target) = tokio::try_join!(primary.list(), mirror.list())?;
+    let ops = plan(&source, &target);
+    let mut pass = Pass::default();
+    let (data, rest): (Vec<&Op>, Vec<&Op>) = ops
+        .iter()
+        .partition(|op| matches!(op, Op::Copy(key) if rank(key) == 0));
+    let keys: Vec<String> = data
+        .into_iter()
+        .filter_map(|op| match op {
+            Op::Copy(key) => Some(key.clone()),
+            Op::Delete(_) => None,
+        })
+        .collect();
+    let sizes: Vec<u64> = futures::stream::iter(keys)
+        .map(|key| async move { copy(primary, mirror, &key).await })
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    pass.copied += sizes.len();
+    pass.bytes += sizes.iter().sum::<u64>();
+    for op in rest {
+        match op {
+            Op::Copy(key) => {
+                pass.bytes += copy(primary, mirror, key).await?;
+                pass.copied += 1;
+            }
+            Op::Delete(key) => {
+                mirror
+                    .store
+                    .delete(&mirror.path(key))
+                    .await
+                    .map_err(|e| format!("deleting {key}: {e}"))?;
+                pass.deleted += 1;
+            }
+        }
+    }
+    Ok(pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(entries: &[(&str, u64, i64)]) -> BTreeMap<String, Listed> {
+        entries
+            .iter()
+            .map(|(k, size, modified)| {
+                (
+                    k.to_string(),
+                    Listed {
+                        size: *size,
+                        modified: *modified,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_comes_before_manifests_and_info_files_and_deletions_come_last() {
+        let primary = listed(&[
+            ("backup/s/backup.info", 10, 5),
+            ("backup/s/L/backup.manifest", 10, 5),
+            ("backup/s/L/pg_data/base/1.lz4", 100, 5),
+            ("archive/s/15-1/0000/seg.lz4", 50, 5),
+        ]);
+        let mirror = listed(&[("backup/s/OLD/backup.manifest", 10, 1)]);
+        assert_eq!(
+            plan(&primary, &mirror),
+            [
+                Op::Copy("archive/s/15-1/0000/seg.lz4".into()),
+                Op::Copy("backup/s/L/pg_data/base/1.lz4".into()),
+                Op::Copy("backup/s/L/backup.manifest".into()),
+                Op::Copy("backup/s/backup.info".into()),
+                Op::Delete("backup/s/OLD/backup.manifest".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mirror_that_matches_needs_nothing_and_rewritten_info_files_are_copied_again() {
+        let primary = listed(&[("a/seg", 5, 1), ("backup/s/backup.info", 10, 9)]);
+        let same = listed(&[("a/seg", 5, 2), ("backup/s/backup.info", 10, 9)]);
+        assert!(plan(&primary, &same).is_empty());
+        let stale_info = listed(&[("a/seg", 5, 2), ("backup/s/backup.info", 10, 3)]);
+        assert_eq!(
+            plan(&primary, &stale_info),
+            [Op::Copy("backup/s/backup.info".into())]
+        );
+        let torn = listed(&[("a/seg", 3, 2), ("backup/s/backup.info", 10, 9)]);
+        assert_eq!(plan(&primary, &torn), [Op::Copy("a/seg".into())]);
+    }
+}
