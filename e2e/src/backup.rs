@@ -250,3 +250,26 @@ pub fn object_store(action: &str, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Asks for a backup of the database `db` with a new value of the request annotation.
+pub async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The database `db` once its status shows the request `value` acted on.
+pub async fn request_done(
+    api: &Api<SectorDatabase>,
+    value: &str,
+    timeout: Duration,
+) -> Result<SectorDatabase> {
+    crate::wait_for(api, "db", timeout, "the requested backup recorded", |db| {
+        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
+            .as_deref()
+            == Some(value)
+    })
+    .await?
+    .context("the database vanished")
+}

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sectordb::api::{BackupPolicy, SectorDatabase};
-use sectordb_e2e::backup::{Setup, objects};
+use sectordb_e2e::backup::{Setup, objects, request_backup, request_done};
 use sectordb_e2e::{client, connect_with, database, is_ready, operator_metrics, wait_for};
 use serde_json::json;
 
@@ -36,13 +36,6 @@ fn last_label(db: Option<&SectorDatabase>) -> Option<String> {
         .as_ref()?
         .label
         .clone()
-}
-
-async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});
-    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 #[tokio::test]
@@ -71,13 +64,8 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     let mut labels = vec![first_label];
     for request in ["1", "2"] {
         request_backup(&api, request).await?;
-        let db = wait_for(&api, "db", BACKED_UP, "requested backup recorded", |db| {
-            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
-                .as_deref()
-                == Some(request)
-        })
-        .await?;
-        let label = last_label(db.as_ref()).context("no label")?;
+        let db = request_done(&api, request, BACKED_UP).await?;
+        let label = last_label(Some(&db)).context("no label")?;
         assert!(
             !labels.contains(&label),
             "backup {request} made no new label"

@@ -8,32 +8,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use sectordb::api::{BackupPolicy, SectorDatabase};
-use sectordb_e2e::backup::{Setup, object_store, objects};
+use sectordb::api::BackupPolicy;
+use sectordb_e2e::backup::{Setup, object_store, objects, request_backup, request_done};
 use sectordb_e2e::{client, connect_with, wait_for};
-use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});
-    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// The database's status once it shows the backup requested with `value`.
-async fn requested(api: &Api<SectorDatabase>, value: &str) -> Result<SectorDatabase> {
-    request_backup(api, value).await?;
-    wait_for(api, "db", 3 * MINUTE, "requested backup", |db| {
-        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
-            .as_deref()
-            == Some(value)
-    })
-    .await?
-    .context("database vanished")
-}
 
 /// The mirror's status on the policy, once a pass completed after `after`.
 fn mirrored_after(policy: &BackupPolicy, after: jiff::Timestamp) -> bool {
@@ -63,7 +42,8 @@ async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() ->
         "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
     ))
     .await?;
-    let db = requested(&api, "to-mirror").await?;
+    request_backup(&api, "to-mirror").await?;
+    let db = request_done(&api, "to-mirror", 3 * MINUTE).await?;
     let backup = db
         .status
         .and_then(|s| s.backup)
@@ -160,17 +140,8 @@ async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_ca
     object_store("stop", &government.name)?;
     let outage = Outage;
     // Backups and archiving to the provincial data center go on.
-    let request =
-        json!({"metadata": {"annotations": {"sectordb.io/backup-request": "during-outage"}}});
-    api.patch("db", &PatchParams::default(), &Patch::Merge(&request))
-        .await?;
-    let db = wait_for(&api, "db", 3 * MINUTE, "backup during the outage", |db| {
-        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
-            .as_deref()
-            == Some("during-outage")
-    })
-    .await?
-    .context("database vanished")?;
+    request_backup(&api, "during-outage").await?;
+    let db = request_done(&api, "during-outage", 3 * MINUTE).await?;
     let backup = db
         .status
         .and_then(|s| s.backup)

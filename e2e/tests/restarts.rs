@@ -12,7 +12,7 @@ use sectordb::api::connection::ConnectionPhase;
 use sectordb::api::{DataSharingConnection, SectorDatabase};
 use sectordb::backup::exec;
 use sectordb::sharing_sql;
-use sectordb_e2e::backup::{Setup, objects};
+use sectordb_e2e::backup::{Setup, objects, request_backup, request_done};
 use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
 use sectordb_e2e::{
     OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready,
@@ -336,10 +336,7 @@ async fn an_operator_killed_during_a_backup_never_reports_one_the_repository_lac
         "CREATE TABLE filler AS SELECT g, md5(g::text) AS a, md5((g + 1)::text) AS b FROM generate_series(1, 3000000) g",
     )
     .await?;
-    let request =
-        json!({"metadata": {"annotations": {"sectordb.io/backup-request": "during-restart"}}});
-    api.patch("db", &PatchParams::default(), &Patch::Merge(&request))
-        .await?;
+    request_backup(&api, "during-restart").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     poll(2 * MINUTE, "the requested backup running", || async {
         backup_running(&pods, "db-0").await.then_some(())
@@ -356,19 +353,7 @@ async fn an_operator_killed_during_a_backup_never_reports_one_the_repository_lac
         )
         .await?;
     // The new operator finishes the request: the backup completed, or ran again.
-    let db = wait_for(
-        &api,
-        "db",
-        5 * MINUTE,
-        "request recorded after the restart",
-        |db| {
-            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_request.clone())
-                .as_deref()
-                == Some("during-restart")
-        },
-    )
-    .await?
-    .context("database vanished")?;
+    let db = request_done(&api, "during-restart", 5 * MINUTE).await?;
     let backup = db
         .status
         .and_then(|s| s.backup)
