@@ -244,11 +244,12 @@ async fn pass(
             ca_pem: keys.ca_pem.as_deref(),
         })
     };
+    let started = std::time::Instant::now();
     let done = mirror::sync(&open(primary, from)?, &open(mirror, to)?).await?;
     if done.copied + done.deleted > 0 {
         tracing::info!(
             mirror = %mirror.name, copied = done.copied, deleted = done.deleted, bytes = done.bytes,
-            "mirror pass"
+            elapsed_ms = started.elapsed().as_millis() as u64, "mirror pass"
         );
     }
     Ok(())
