@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::database::CONTROLLER as CONTROLLER_DATABASE;
-use super::{Context, Result, apply_child};
+use super::{Context, Result, apply_child, secret_value};
 use crate::api::database::BackupState;
 use crate::api::policy::{
     BackupPolicySpec, MirrorStatus, PassphraseSecret, Repository, RepositoryRole,
@@ -88,16 +88,13 @@ async fn selecting(ctx: &Context, db: &SectorDatabase) -> Result<Vec<BackupPolic
 }
 
 /// A value from a Secret in the operator's namespace, or what is missing.
-async fn secret_value(
+async fn operator_secret_value(
     secrets: &Api<Secret>,
     name: &str,
     key: &str,
 ) -> Result<std::result::Result<String, String>> {
     let secret = secrets.get_opt(name).await?;
-    Ok(secret
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get(key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    Ok(secret_value(secret.as_ref(), key)
         .ok_or_else(|| format!("Secret {name:?} with key {key:?}")))
 }
 
@@ -126,10 +123,11 @@ pub async fn repository_keys(
         }
     };
     let credentials = &s3.credentials_secret;
-    let key_id =
-        read(secret_value(&operator, &credentials.name, &credentials.access_key_id_key).await?);
+    let key_id = read(
+        operator_secret_value(&operator, &credentials.name, &credentials.access_key_id_key).await?,
+    );
     let key_secret = read(
-        secret_value(
+        operator_secret_value(
             &operator,
             &credentials.name,
             &credentials.secret_access_key_key,
@@ -137,11 +135,11 @@ pub async fn repository_keys(
         .await?,
     );
     let ca = match &s3.ca_secret {
-        Some(ca) => read(secret_value(&operator, &ca.name, &ca.key).await?),
+        Some(ca) => read(operator_secret_value(&operator, &ca.name, &ca.key).await?),
         None => None,
     };
     let passphrase = match passphrase {
-        Some(p) => read(secret_value(&operator, &p.name, &p.key).await?),
+        Some(p) => read(operator_secret_value(&operator, &p.name, &p.key).await?),
         None => None,
     };
     match (key_id, key_secret) {

@@ -19,7 +19,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
-use super::{Context, Error, Result, announce, apply_child, event, now, write_status};
+use super::{
+    Context, Error, Result, announce, apply_child, event, now, secret_value, write_status,
+};
 use crate::api::connection::{
     ConnectionPhase, DataSharingConnectionStatus, ReplicationStatus, SecretRef, SharingMode,
 };
@@ -357,11 +359,7 @@ async fn superuser_session(
     let superuser = secrets
         .get_opt(&dataplane::names(&db.name_any()).superuser)
         .await?;
-    let Some(password) = superuser
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-    else {
+    let Some(password) = secret_value(superuser.as_ref(), "password") else {
         return Ok(Err(format!(
             "the superuser Secret of {namespace}/{} is missing",
             db.name_any()
@@ -449,10 +447,7 @@ async fn deliver_secret(
         Api::namespaced(ctx.client.clone(), &conn.spec.consumer.namespace);
     let name = sharing::secret_name(conn);
     let existing = consumer_secrets.get_opt(&name).await?;
-    let known = existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok());
+    let known = secret_value(existing.as_ref(), "password");
     let password = known.clone().unwrap_or_else(|| pki::password(32));
     let grant = sharing_sql::Grant {
         role,

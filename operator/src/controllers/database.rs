@@ -21,7 +21,7 @@ use kube::{Api, ResourceExt};
 
 use super::ca::operator_ca;
 use super::{Context, Result, announce, apply_child, event, now, write_status};
-use super::{backups, restore};
+use super::{backups, restore, secret_value};
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, RestoreState,
     SecretNames, SectorDatabaseStatus,
@@ -299,11 +299,6 @@ fn pin(db: &SectorDatabase, before: Option<&PinnedSpec>) -> PinnedSpec {
             bootstrap: db.spec.bootstrap.clone(),
         },
     }
-}
-
-fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
-    let bytes = secret?.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
 }
 
 /// Creates or keeps every child and connects to PostgreSQL. Side effects live here only.

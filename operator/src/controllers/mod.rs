@@ -131,6 +131,15 @@ fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
     }
 }
 
+/// A Secret's value as text; `None` when the Secret, the key or valid UTF-8 is missing.
+pub fn secret_value(
+    secret: Option<&k8s_openapi::api::core::v1::Secret>,
+    key: &str,
+) -> Option<String> {
+    let bytes = secret?.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
 /// The server-side apply field manager of a controller.
 pub fn field_manager(controller: &str) -> String {
     format!("sectordb/{controller}")

@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 
 use super::backups::{self, repository_config};
 use super::database::CONTROLLER;
-use super::{Context, Result, apply_child};
+use super::{Context, Result, apply_child, secret_value};
 use crate::api::database::RestoreState;
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::{exec, pgbackrest};
@@ -139,12 +139,10 @@ pub async fn adopt(
     // The stanza the pod restored from is the one its restore Secret named.
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let stanza = secrets
+    let restore = secrets
         .get_opt(&dataplane::names(&db.name_any()).restore)
-        .await?
-        .and_then(|s| s.data?.get("stanza").cloned())
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        .unwrap_or_default();
+        .await?;
+    let stanza = secret_value(restore.as_ref(), "stanza").unwrap_or_default();
     Ok(Ok(RestoreState {
         stanza,
         target_time: bootstrap.from_backup.target_time.clone(),
