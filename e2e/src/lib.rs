@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -137,15 +138,53 @@ impl TestNamespace {
     pub async fn delete(self) -> Result<()> {
         let api = Api::<Namespace>::all(self.client.clone());
         api.delete(&self.name, &DeleteParams::default()).await?;
-        wait_for(
+        let gone = wait_for(
             &api,
             &self.name,
             Duration::from_secs(120),
             "namespace deleted",
             |ns| ns.is_none(),
         )
-        .await?;
-        Ok(())
+        .await;
+        match gone {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.context(self.remains().await)),
+        }
+    }
+
+    /// What still holds the namespace: its databases and pods, and the warnings it has seen.
+    async fn remains(&self) -> String {
+        let dbs = Api::<SectorDatabase>::namespaced(self.client.clone(), &self.name)
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.iter()
+                    .map(|d| format!("{} finalizers {:?}", d.name_any(), d.finalizers()))
+                    .collect::<Vec<_>>()
+            });
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.name)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+        let warnings = Api::<Event>::namespaced(self.client.clone(), &self.name)
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.iter()
+                    .filter(|e| e.type_.as_deref() == Some("Warning"))
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e.reason.as_deref().unwrap_or(""),
+                            e.note.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+        format!(
+            "namespace {} still holds databases {dbs:?}, pods {pods:?}; warnings {warnings:?}",
+            self.name
+        )
     }
 }
 

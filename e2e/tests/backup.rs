@@ -247,6 +247,12 @@ async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() 
         .context("no Ready")?
         .2;
     assert!(message.contains("targetTime"), "{message}");
+    // It never held data: deleting it does not wait for a final backup it has nothing to take from.
+    api.delete("too-late", &DeleteParams::default()).await?;
+    wait_for(&api, "too-late", Duration::from_secs(30), "deleted", |db| {
+        db.is_none()
+    })
+    .await?;
     // The source's status must show the archive up to the target: have it looked at now.
     let refresh = json!({"metadata": {"annotations": {"sectordb.io/e2e-refresh": "after-b"}}});
     api.patch("db", &PatchParams::default(), &Patch::Merge(&refresh))

@@ -253,11 +253,15 @@ async fn an_agency_admin_cannot_create_connections() -> Result<()> {
     let mut config = kube::Config::infer().await?;
     config.auth_info.impersonate = Some("labour-admin".into());
     let as_admin = Client::try_from(config)?;
-    // The binding works: the agency admin can manage SectorDatabases in its namespace...
+    // The binding works: the agency admin can manage SectorDatabases in its namespace. The
+    // apiserver's authorizer learns of a new RoleBinding through its informer, a moment later.
     let dbs: Api<SectorDatabase> = Api::namespaced(as_admin.clone(), &consumer.name);
-    dbs.list(&ListParams::default())
-        .await
-        .context("agency admin cannot list its own databases")?;
+    poll(
+        Duration::from_secs(10),
+        "agency admin can list its own databases",
+        || async { dbs.list(&ListParams::default()).await.ok() },
+    )
+    .await?;
     // ...but cannot grant itself access, in its namespace or any other.
     for namespace in [consumer.name.as_str(), "default"] {
         let api: Api<DataSharingConnection> = Api::namespaced(as_admin.clone(), namespace);

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -723,10 +725,24 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
             .await;
         }
         DeletionPolicy::Delete => {
-            // The data leaves only once its last state is in the repository.
-            match backups::final_backup(ctx, &db).await? {
+            // The data leaves only once its last state is in the repository. A database that
+            // never got a volume holds no data to back up.
+            let outcome = if names.is_empty() {
+                Ok(None)
+            } else {
+                backups::final_backup(ctx, &db).await?
+            };
+            match outcome {
                 Ok(None) => {}
                 Ok(Some(what)) => event(ctx, &*db, false, "FinalBackup", what).await,
+                // Deleting the namespace deletes the volumes and the pods with it, whatever this
+                // finalizer does; holding on would only keep the namespace from going.
+                Err(why) if namespace_terminating(ctx, &db).await? => {
+                    let message = format!(
+                        "{why}; the namespace is being deleted, which deletes the volumes without a final backup"
+                    );
+                    event(ctx, &*db, true, "FinalBackupFailed", message).await;
+                }
                 Err(why) => {
                     let message = format!(
                         "{why}; the volumes stay until a final backup succeeds (or set deletionPolicy: Retain)"
@@ -752,6 +768,13 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     Ok(Action::await_change())
+}
+
+async fn namespace_terminating(ctx: &Context, db: &SectorDatabase) -> Result<bool> {
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&db.namespace().unwrap_or_default())
+        .await?;
+    Ok(namespace.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()))
 }
 
 async fn reconcile(
