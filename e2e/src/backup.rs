@@ -73,13 +73,14 @@ pub struct Object {
     pub has_marker: bool,
 }
 
-/// Every object under `prefix` in `store`'s bucket, read in full to look for `marker`.
-pub async fn objects(
+/// Runs a boto3 `script` from the harness's venv against `store`'s bucket, with `s3` and `e`
+/// (the environment: ENDPOINT, BUCKET, REGION, CA, KEY, SECRET and `vars`) defined; its stdout.
+async fn boto3(
     client: &Client,
     store: &ObjectStore,
-    prefix: &str,
-    marker: &str,
-) -> Result<Vec<Object>> {
+    vars: &[(&str, &str)],
+    script: &str,
+) -> Result<Vec<u8>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let credentials = secrets.get(&store.credentials_secret).await?;
     let ca = secret_text(&secrets.get(&store.ca_secret).await?, "ca.crt")?;
@@ -88,6 +89,13 @@ pub async fn objects(
     let ca_file = dir.join(format!("{}-ca.crt", store.name));
     std::fs::write(&ca_file, ca)?;
     let python = std::path::Path::new("/var/lib/sectordb-cluster/object-stores/python");
+    let prelude = r#"
+import json, os
+import boto3
+e = os.environ
+s3 = boto3.client("s3", endpoint_url=e["ENDPOINT"], region_name=e["REGION"], verify=e["CA"],
+                  aws_access_key_id=e["KEY"], aws_secret_access_key=e["SECRET"])
+"#;
     let out = Command::new(python)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -98,31 +106,53 @@ pub async fn objects(
         .env("REGION", &store.region)
         .env("CA", &ca_file)
         .env("KEY", secret_text(&credentials, "AWS_ACCESS_KEY_ID")?)
-        .env("SECRET", secret_text(&credentials, "AWS_SECRET_ACCESS_KEY")?)
-        .env("PREFIX", prefix.trim_start_matches('/'))
-        .env("MARKER", marker)
-        .args([
-            "-c",
-            r#"
-import json, os
-import boto3
-e = os.environ
-s3 = boto3.client("s3", endpoint_url=e["ENDPOINT"], region_name=e["REGION"], verify=e["CA"],
-                  aws_access_key_id=e["KEY"], aws_secret_access_key=e["SECRET"])
+        .env(
+            "SECRET",
+            secret_text(&credentials, "AWS_SECRET_ACCESS_KEY")?,
+        )
+        .envs(vars.iter().copied())
+        .args(["-c", &format!("{prelude}{script}")])
+        .output()
+        .context("running boto3 from the harness venv")?;
+    if !out.status.success() {
+        bail!("boto3: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// Every object under `prefix` in `store`'s bucket, read in full to look for `marker`.
+pub async fn objects(
+    client: &Client,
+    store: &ObjectStore,
+    prefix: &str,
+    marker: &str,
+) -> Result<Vec<Object>> {
+    let vars = [
+        ("PREFIX", prefix.trim_start_matches('/')),
+        ("MARKER", marker),
+    ];
+    let script = r#"
 found = []
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=e["BUCKET"], Prefix=e["PREFIX"]):
     for o in page.get("Contents", []):
         body = s3.get_object(Bucket=e["BUCKET"], Key=o["Key"])["Body"].read()
         found.append({"key": o["Key"], "size": o["Size"], "has_marker": e["MARKER"].encode() in body})
 print(json.dumps(found))
-"#,
-        ])
-        .output()
-        .context("running boto3 from the harness venv")?;
-    if !out.status.success() {
-        bail!("boto3 listing: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+"#;
+    Ok(serde_json::from_slice(
+        &boto3(client, store, &vars, script).await?,
+    )?)
+}
+
+/// Overwrites the object `key` in `store`'s bucket with as many bytes of garbage: a backup file
+/// damaged at rest.
+pub async fn damage(client: &Client, store: &ObjectStore, key: &str) -> Result<()> {
+    let script = r#"
+size = s3.head_object(Bucket=e["BUCKET"], Key=e["OBJECT"])["ContentLength"]
+s3.put_object(Bucket=e["BUCKET"], Key=e["OBJECT"], Body=os.urandom(max(size, 64)))
+"#;
+    boto3(client, store, &[("OBJECT", key)], script).await?;
+    Ok(())
 }
 
 /// A test namespace labelled for `policies` BackupPolicies that all select it (more than one is a

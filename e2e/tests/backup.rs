@@ -1,16 +1,18 @@
 //! BackupPolicy end to end, against the harness's real S3 servers: a policy selects a database,
 //! the operator backs it up encrypted to the provincial data center, status agrees with the
-//! bucket, a request annotation runs a backup, retention expires the oldest, and two policies on
-//! one database are a conflict reported on both.
+//! bucket, a request annotation runs a backup, retention expires the oldest, a restore drill
+//! passes on the backup and fails on it once a file is damaged in the bucket, and two policies
+//! on one database are a conflict reported on both.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use sectordb::api::database::DrillRecord;
 use sectordb::api::{BackupPolicy, SectorDatabase};
-use sectordb_e2e::backup::{Setup, objects, request_backup, request_done};
+use sectordb_e2e::backup::{Setup, damage, objects, request_backup, request_done};
 use sectordb_e2e::{client, connect_with, database, is_ready, operator_metrics, wait_for};
 use serde_json::json;
 
@@ -146,7 +148,112 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     );
     assert_eq!(status.conditions[0].reason, "BackingUp");
     assert!(status.last_run.is_some() && status.next_run.is_some());
+
+    // A restore drill of the latest backup passes: restored, started, checked, counted.
+    let passed = drill(&api, "1").await?;
+    assert!(passed.succeeded, "{passed:?}");
+    assert_eq!(passed.label, labels[2]);
+    assert!(
+        passed.message.contains("pg_amcheck found no corruption"),
+        "{passed:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        pods.get_opt("db-drill").await?.is_none(),
+        "scratch pod left behind"
+    );
+    let verified =
+        |p: Option<&BackupPolicy>| p.and_then(|p| p.status.as_ref()?.last_verification.clone());
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let policy = wait_for(
+        &policies,
+        &setup.policies[0],
+        Duration::from_secs(60),
+        "lastVerification",
+        |p| verified(p).is_some_and(|v| v.time == passed.time),
+    )
+    .await?;
+    let verification = verified(policy.as_ref()).context("no lastVerification")?;
+    assert_eq!(verification.database, format!("{ns}/db"));
+    assert!(verification.succeeded);
+    assert_eq!(drill_metric(&client, &ns).await?, "1");
+
+    // Damage one file of that backup in the bucket: the next drill fails, loudly.
+    let control = found
+        .iter()
+        .find(|o| {
+            o.key.contains(&format!(
+                "backup/{stanza}/{}/pg_data/global/pg_control",
+                labels[2]
+            ))
+        })
+        .context("no pg_control in the latest backup")?;
+    damage(&client, &store, &control.key).await?;
+    let failed = drill(&api, "2").await?;
+    assert!(
+        !failed.succeeded,
+        "a damaged backup passed its drill: {failed:?}"
+    );
+    assert!(failed.message.contains("restore of backup"), "{failed:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let warned = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("RestoreDrillFailed")
+                && e.type_.as_deref() == Some("Warning")
+        });
+    assert!(warned, "no Warning Event RestoreDrillFailed");
+    wait_for(
+        &policies,
+        &setup.policies[0],
+        Duration::from_secs(60),
+        "RestoreDrillFailed",
+        |p| {
+            p.and_then(|p| p.status.as_ref()?.conditions.first().cloned())
+                .is_some_and(|c| c.status == "False" && c.reason == "RestoreDrillFailed")
+        },
+    )
+    .await?;
+    assert_eq!(drill_metric(&client, &ns).await?, "0");
     setup.delete().await
+}
+
+/// Asks for a restore drill of `db` and returns its record once status shows it.
+async fn drill(api: &Api<SectorDatabase>, value: &str) -> Result<DrillRecord> {
+    let patch = json!({"metadata": {"annotations": {"sectordb.io/drill-request": value}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let db = wait_for(api, "db", BACKED_UP, "the requested drill recorded", |db| {
+        db.and_then(|d| {
+            d.status
+                .as_ref()?
+                .backup
+                .as_ref()?
+                .last_drill_request
+                .clone()
+        })
+        .as_deref()
+            == Some(value)
+    })
+    .await?;
+    db.and_then(|d| d.status?.backup?.last_drill)
+        .context("no lastDrill")
+}
+
+/// The value of `sectordb_restore_drill_success` for the database `db` in `ns`.
+async fn drill_metric(client: &kube::Client, ns: &str) -> Result<String> {
+    let metrics = operator_metrics(client).await?;
+    let series = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sectordb_restore_drill_success{")
+                && l.contains(&format!("namespace=\"{ns}\""))
+        })
+        .context("no drill metric for the database")?;
+    Ok(series.rsplit(' ').next().unwrap_or_default().to_string())
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ApiResource, DynamicObject};
@@ -43,6 +43,8 @@ pub struct Names {
     pub backup: String,
     /// The source's repository, for a database that starts from a backup.
     pub restore: String,
+    /// The restore drill's scratch pod, and the ConfigMap of row counts it checks against.
+    pub drill: String,
 }
 
 pub fn names(db: &str) -> Names {
@@ -60,6 +62,7 @@ pub fn names(db: &str) -> Names {
         disruption_budget: format!("{db}-primary"),
         backup: format!("{db}-backup"),
         restore: format!("{db}-restore"),
+        drill: format!("{db}-drill"),
     }
 }
 
@@ -367,6 +370,74 @@ pub fn stateful_set(
     from_json(value)
 }
 
+/// The row counts taken when backup `label` completed, which its restore drill checks the
+/// copy against; `taken` is when its restore point was created (RFC 3339).
+pub fn drill_baseline(db: &SectorDatabase, label: &str, counts: &str, taken: &str) -> ConfigMap {
+    from_json(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(db, &names(&db.name_any()).drill),
+        "data": {"label": label, "counts": counts, "taken": taken}
+    }))
+}
+
+/// Labels of a database's restore drill pod: none of them selects it into the database's
+/// Services, StatefulSet or NetworkPolicy.
+pub fn drill_labels(db: &SectorDatabase) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sectordb-drill".into()),
+        ("app.kubernetes.io/instance".into(), db.name_any()),
+        ("app.kubernetes.io/part-of".into(), "sectordb".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "sectordb-operator".into(),
+        ),
+    ])
+}
+
+/// The scratch instance a restore drill restores into: the database's image and backup
+/// configuration, its data on an emptyDir that goes with the pod. It idles until the operator
+/// runs the restore and the checks in it; its PostgreSQL listens on the local socket only.
+pub fn drill_pod(db: &SectorDatabase, settings: &Settings) -> Pod {
+    let n = names(&db.name_any());
+    let mut meta = metadata(db, &n.drill);
+    meta["labels"] = json!(drill_labels(db));
+    from_json(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "restartPolicy": "Never",
+            "enableServiceLinks": false,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "postgres",
+                "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
+                "command": ["tini", "--", "sleep", "infinity"],
+                "env": [{"name": "PGDATA", "value": PGDATA}],
+                "securityContext": {
+                    "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
+                    "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}
+                },
+                "resources": db.spec.resources,
+                "volumeMounts": [
+                    {"name": "data", "mountPath": DATA_DIR},
+                    {"name": "backup", "mountPath": backup::CONFIG_DIR, "readOnly": true},
+                    {"name": "run", "mountPath": SOCKET_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"}
+                ]
+            }],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "backup", "secret": {"secretName": n.backup, "defaultMode": 0o444}},
+                {"name": "run", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {}}
+            ]
+        }
+    }))
+}
+
 /// Default deny, then: the agency's own namespace, and the operator.
 pub fn network_policy(db: &SectorDatabase, settings: &Settings) -> NetworkPolicy {
     let namespace_named = |name: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}});
@@ -529,6 +600,42 @@ mod tests {
             );
             assert_eq!(meta.namespace.as_deref(), Some("so-y-te"));
         }
+    }
+
+    #[test]
+    fn the_drill_pod_joins_none_of_the_database_selectors_and_runs_unprivileged() {
+        let db = db();
+        let pod = drill_pod(&db, &settings());
+        let labels = pod.metadata.labels.clone().unwrap();
+        for selector in [
+            selector_labels(&db),
+            services(&db)[0].spec.clone().unwrap().selector.unwrap(),
+        ] {
+            assert!(
+                !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                "{selector:?} selects the drill pod"
+            );
+        }
+        assert_eq!(pod.metadata.name.as_deref(), Some("health-records-drill"));
+        assert_eq!(
+            pod.metadata.owner_references.unwrap()[0].uid.as_str(),
+            "u-1"
+        );
+        let spec = pod.spec.unwrap();
+        let sc = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.read_only_root_filesystem),
+            (Some(100), Some(true))
+        );
+        let backup = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "backup");
+        assert_eq!(
+            backup.and_then(|v| v.secret).and_then(|s| s.secret_name),
+            Some("health-records-backup".into())
+        );
     }
 
     #[test]

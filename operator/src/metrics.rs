@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::api::database::BackupState;
+use crate::api::policy::MirrorStatus;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -22,6 +23,10 @@ pub struct Metrics {
     backup_time: IntGaugeVec,
     backup_size: IntGaugeVec,
     wal_archived: IntGaugeVec,
+    drill_success: IntGaugeVec,
+    drill_seconds: IntGaugeVec,
+    drill_time: IntGaugeVec,
+    mirror_lag: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,26 @@ impl Default for Metrics {
             "wal_last_archived_timestamp_seconds",
             "When PostgreSQL last archived a WAL segment (Unix time); time() minus it is the archive's age",
         );
+        let drill_success = per_database(
+            "restore_drill_success",
+            "1 when the latest restore drill passed, 0 when it failed",
+        );
+        let drill_seconds = per_database(
+            "restore_drill_restore_seconds",
+            "How long the latest restore drill took from restore to promotion, in seconds",
+        );
+        let drill_time = per_database(
+            "restore_drill_timestamp_seconds",
+            "When the latest restore drill finished (Unix time)",
+        );
+        let mirror_lag = IntGaugeVec::new(
+            Opts::new(
+                "mirror_lag_seconds",
+                "How far an off-site mirror is behind its primary repository: 0 after a complete pass, else seconds since the last one",
+            ),
+            &["policy", "repository"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
@@ -80,6 +105,10 @@ impl Default for Metrics {
             Box::new(backup_time.clone()),
             Box::new(backup_size.clone()),
             Box::new(wal_archived.clone()),
+            Box::new(drill_success.clone()),
+            Box::new(drill_seconds.clone()),
+            Box::new(drill_time.clone()),
+            Box::new(mirror_lag.clone()),
         ] {
             registry.register(c).expect("metrics are registered once");
         }
@@ -93,6 +122,10 @@ impl Default for Metrics {
             backup_time,
             backup_size,
             wal_archived,
+            drill_success,
+            drill_seconds,
+            drill_time,
+            mirror_lag,
         }
     }
 }
@@ -118,7 +151,6 @@ impl Metrics {
         self.writes.with_label_values(&[controller, resource]).inc();
     }
 
-    /// The text exposition of every metric.
     /// The backup gauges of one database, from its status.
     pub fn backup(&self, namespace: &str, database: &str, state: &BackupState) {
         let labels = [namespace, database];
@@ -135,15 +167,66 @@ impl Metrics {
                 .with_label_values(&labels)
                 .set(until.0.as_second());
         }
+        if let Some(drill) = &state.last_drill {
+            self.drill_success
+                .with_label_values(&labels)
+                .set(i64::from(drill.succeeded));
+            self.drill_seconds
+                .with_label_values(&labels)
+                .set(drill.restore_seconds);
+            self.drill_time
+                .with_label_values(&labels)
+                .set(drill.time.0.as_second());
+        }
+    }
+
+    /// The lag of each mirror of a policy.
+    pub fn mirrors(&self, policy: &str, mirrors: &[MirrorStatus]) {
+        for mirror in mirrors {
+            self.mirror_lag
+                .with_label_values(&[policy, &mirror.name])
+                .set(mirror.lag_seconds);
+        }
+    }
+
+    /// Drops the mirror series of policies not in `existing` (deleted ones).
+    pub fn keep_policies(&self, existing: &[String]) {
+        use prometheus::core::Collector as _;
+        for family in self.mirror_lag.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                let policy = label("policy");
+                if !existing.contains(&policy) {
+                    let _ = self
+                        .mirror_lag
+                        .remove_label_values(&[policy, label("repository")]);
+                }
+            }
+        }
     }
 
     /// Drops a deleted database's series.
     pub fn forget(&self, namespace: &str, database: &str) {
-        for gauge in [&self.backup_time, &self.backup_size, &self.wal_archived] {
+        for gauge in [
+            &self.backup_time,
+            &self.backup_size,
+            &self.wal_archived,
+            &self.drill_success,
+            &self.drill_seconds,
+            &self.drill_time,
+        ] {
             let _ = gauge.remove_label_values(&[namespace, database]);
         }
     }
 
+    /// The text exposition of every metric.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())

@@ -186,7 +186,7 @@ def check_operator_rbac(docs, namespace, dep):
             ("apps", "statefulsets"): READ | {"create", "patch"},
             ("networking.k8s.io", "networkpolicies"): READ | {"create", "patch", "delete"},
             ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
-            ("", "pods"): {"get", "list", "patch"},
+            ("", "pods"): {"get", "list", "patch", "create", "delete"},
             ("", "pods/exec"): {"get", "create"},
             ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
         }

@@ -416,6 +416,33 @@ pub struct BackupState {
     /// The `sectordb.io/backup-request` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<String>,
+    /// The latest restore drill of this database's backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillRecord>,
+    /// The latest `verification.schedule` slot a drill was run for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_slot: Option<Time>,
+    /// The `sectordb.io/drill-request` value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_request: Option<String>,
+}
+
+/// A restore drill: the latest backup restored into a scratch instance and checked there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillRecord {
+    /// When it finished.
+    pub time: Time,
+    /// The backup restored.
+    pub label: String,
+    /// Whether the copy restored, started, passed `pg_amcheck` and had the row counts taken when
+    /// the backup completed.
+    pub succeeded: bool,
+    /// From the start of the restore until the copy was promoted.
+    #[schemars(range(min = 0))]
+    pub restore_seconds: i64,
+    /// What was checked, or what failed.
+    pub message: String,
 }
 
 /// A completed restore (`spec.bootstrap.fromBackup`).

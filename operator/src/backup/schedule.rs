@@ -68,6 +68,18 @@ pub fn due(schedule: &BackupSchedule, last: Option<Timestamp>, now: Timestamp) -
     }
 }
 
+/// The slot of a restore drill due at `now` (`verification.schedule`, in the backup schedule's
+/// time zone) when the last one ran for slot `last`: the latest slot after it, once however many
+/// passed.
+pub fn drill_due(
+    cron: &str,
+    schedule: &BackupSchedule,
+    last: Timestamp,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    slot(cron, schedule, now, false).filter(|s| *s > last)
+}
+
 /// The next slot of either schedule after `now`.
 pub fn next_run(schedule: &BackupSchedule, now: Timestamp) -> Option<Timestamp> {
     match slots(schedule, now, true) {
@@ -137,6 +149,26 @@ mod tests {
         // Once that slot is recorded, nothing more is due until the next one.
         assert_eq!(
             due(&schedule(), Some(at("2026-12-01T18:00:00Z")), now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_drill_is_due_once_for_the_latest_missed_slot() {
+        // Saturdays 03:00 in Ho Chi Minh City: 2026-11-27T20:00Z and 2026-12-04T20:00Z.
+        let drill = "0 3 * * 6";
+        let last = at("2026-11-20T20:00:00Z");
+        assert_eq!(
+            drill_due(drill, &schedule(), last, at("2026-11-27T19:59:59Z")),
+            None
+        );
+        assert_eq!(
+            drill_due(drill, &schedule(), last, at("2026-12-05T00:00:00Z")),
+            Some(at("2026-12-04T20:00:00Z"))
+        );
+        let ran = at("2026-12-04T20:00:00Z");
+        assert_eq!(
+            drill_due(drill, &schedule(), ran, at("2026-12-05T00:00:00Z")),
             None
         );
     }

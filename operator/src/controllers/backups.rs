@@ -13,8 +13,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::database::CONTROLLER as CONTROLLER_DATABASE;
+use super::drills::{self, Drill};
 use super::{Context, Result, apply_child, secret_value};
-use crate::api::database::BackupState;
+use crate::api::database::{BackupRecord, BackupState};
 use crate::api::policy::{
     BackupPolicySpec, MirrorStatus, PassphraseSecret, Repository, RepositoryRole,
 };
@@ -509,7 +510,7 @@ pub async fn run(
         });
     };
     let label = last.label.clone().unwrap_or_default();
-    let event = event.map(|(warning, reason, _)| {
+    let mut event = event.map(|(warning, reason, _)| {
         (
             warning,
             reason,
@@ -519,6 +520,29 @@ pub async fn run(
             ),
         )
     });
+    let mut retry_in = None;
+    if kind.is_some() {
+        // What the drill of this backup will check its copy against.
+        if let Err(why) = drills::take_baseline(ctx, db, &label).await? {
+            tracing::warn!(database = %db.name_any(), %label, %why, "row counts for restore drills not taken");
+        }
+    } else if let Some(slot) = drill_due(db, plan, &previous, &last, now) {
+        match drills::run(ctx, db, &plan.stanza, observed.last_archived).await? {
+            Drill::Waiting(_) => retry_in = Some(Duration::from_secs(10)),
+            Drill::Done(record) => {
+                event = Some(if record.succeeded {
+                    (false, "RestoreDrillPassed", record.message.clone())
+                } else {
+                    (true, "RestoreDrillFailed", record.message.clone())
+                });
+                match slot {
+                    DrillSlot::Requested(value) => state.last_drill_request = Some(value),
+                    DrillSlot::Scheduled(slot) => state.last_drill_slot = Some(Time(slot)),
+                }
+                state.last_drill = Some(record);
+            }
+        }
+    }
     if observed.archiving_fails {
         return Ok(Outcome {
             event,
@@ -544,8 +568,41 @@ pub async fn run(
         offsite: offsite(&plan.policy.spec, &mirrors),
         state: Some(state),
         event,
-        retry_in: None,
+        retry_in,
     })
+}
+
+/// Why a drill is due.
+enum DrillSlot {
+    Requested(String),
+    Scheduled(jiff::Timestamp),
+}
+
+/// A new `sectordb.io/drill-request` value, or a `verification.schedule` slot since the last
+/// drill (before the first, since the latest backup).
+fn drill_due(
+    db: &SectorDatabase,
+    plan: &Plan,
+    previous: &BackupState,
+    last: &BackupRecord,
+    now: &Time,
+) -> Option<DrillSlot> {
+    let request = db.annotations().get(drills::REQUEST_ANNOTATION);
+    if let Some(request) = request.filter(|r| previous.last_drill_request.as_ref() != Some(*r)) {
+        return Some(DrillSlot::Requested(request.clone()));
+    }
+    let verification = plan.policy.spec.verification.as_ref()?;
+    let since = previous
+        .last_drill_slot
+        .as_ref()
+        .map_or(last.time.0, |t| t.0);
+    schedule::drill_due(
+        &verification.schedule,
+        &plan.policy.spec.schedule,
+        since,
+        now.0,
+    )
+    .map(DrillSlot::Scheduled)
 }
 
 /// The repositories that hold a backup completed at `time`: the primary, and each mirror whose

@@ -5,6 +5,7 @@ pub mod backups;
 pub mod ca;
 pub mod connection;
 pub mod database;
+pub mod drills;
 pub mod policy;
 pub mod restore;
 

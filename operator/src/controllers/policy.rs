@@ -19,7 +19,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::{Context, Result, announce, backups, now, report_undecodable, write_status};
-use crate::api::policy::{BackupPolicyStatus, DatabaseSelector, MirrorStatus, Repository};
+use crate::api::policy::{
+    BackupPolicyStatus, DatabaseSelector, MirrorStatus, Repository, VerificationResult,
+};
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::{mirror, schedule};
 use crate::conditions::{Want, settle, status_of};
@@ -68,6 +70,10 @@ pub struct Facts {
     pub last_run: Option<Time>,
     /// The mirrors as the last pass left them.
     pub mirrors: Vec<MirrorStatus>,
+    /// The latest restore drill among the databases it covers.
+    pub last_verification: Option<VerificationResult>,
+    /// Databases whose latest restore drill failed, as `namespace/name`.
+    pub failed_drills: Vec<String>,
 }
 
 /// The status a policy should have. Pure.
@@ -109,6 +115,15 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
                 facts.conflicts.join(", ")
             ),
         ),
+        Ok(()) if !facts.failed_drills.is_empty() => Want::new(
+            "Ready",
+            false,
+            "RestoreDrillFailed",
+            format!(
+                "{counts}; the latest restore drill failed for {}: see their status.backup.lastDrill",
+                facts.failed_drills.join(", ")
+            ),
+        ),
         Ok(()) if !behind.is_empty() => Want::new(
             "Ready",
             false,
@@ -139,7 +154,10 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
         last_run: facts.last_run.clone().or(previous.last_run.clone()),
         next_run: schedule::next_run(&spec.schedule, now.0).map(Time),
         mirrors: facts.mirrors.clone(),
-        ..previous
+        last_verification: facts
+            .last_verification
+            .clone()
+            .or(previous.last_verification),
     }
 }
 
@@ -356,11 +374,30 @@ async fn reconcile(
         if last.as_ref().map(|t| t.0) > facts.last_run.as_ref().map(|t| t.0) {
             facts.last_run = last;
         }
+        if let Some(drill) = backup.and_then(|b| b.last_drill.as_ref()) {
+            let database = format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any());
+            if !drill.succeeded {
+                facts.failed_drills.push(database.clone());
+            }
+            let latest = facts.last_verification.as_ref().map(|v| v.time.0);
+            if latest < Some(drill.time.0) {
+                facts.last_verification = Some(VerificationResult {
+                    time: drill.time.clone(),
+                    database,
+                    succeeded: drill.succeeded,
+                    restore_seconds: drill.restore_seconds,
+                });
+            }
+        }
     }
     let now = now();
     if facts.missing.is_empty() && validate::policy(&policy.spec).is_ok() {
         facts.mirrors = keep_mirrors(&ctx, policy, &now).await?;
     }
+    let mut existing: Vec<String> = others.iter().map(|p| p.name_any()).collect();
+    existing.push(policy.name_any());
+    ctx.metrics.keep_policies(&existing);
+    ctx.metrics.mirrors(&policy.name_any(), &facts.mirrors);
     let status = desired_status(policy, &facts, &now);
     write_status(&ctx, CONTROLLER, &api, policy, &status).await?;
     let previous = policy
