@@ -281,6 +281,34 @@ pub fn object_store(action: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the policy's first mirror completed a pass after `after`, in sync.
+pub fn mirrored_after(policy: &BackupPolicy, after: jiff::Timestamp) -> bool {
+    policy
+        .status
+        .as_ref()
+        .and_then(|s| s.mirrors.first())
+        .is_some_and(|m| {
+            m.healthy && m.lag_seconds == 0 && m.last_synced.as_ref().is_some_and(|t| t.0 >= after)
+        })
+}
+
+/// A data center cut off (`e2e/cluster object-store-stop`) until this is dropped, however the
+/// test ends.
+pub struct Outage(String);
+
+impl Outage {
+    pub fn begin(name: &str) -> Result<Outage> {
+        object_store("stop", name)?;
+        Ok(Outage(name.to_string()))
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        let _ = object_store("start", &self.0);
+    }
+}
+
 /// Asks for a backup of the database `db` with a new value of the request annotation.
 pub async fn request_backup(api: &Api<SectorDatabase>, value: &str) -> Result<()> {
     let patch = json!({"metadata": {"annotations": {"sectordb.io/backup-request": value}}});

@@ -9,21 +9,10 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sectordb::api::BackupPolicy;
-use sectordb_e2e::backup::{Setup, object_store, objects, request_backup, request_done};
+use sectordb_e2e::backup::{Outage, Setup, mirrored_after, objects, request_backup, request_done};
 use sectordb_e2e::{client, connect_with, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The mirror's status on the policy, once a pass completed after `after`.
-fn mirrored_after(policy: &BackupPolicy, after: jiff::Timestamp) -> bool {
-    policy
-        .status
-        .as_ref()
-        .and_then(|s| s.mirrors.first())
-        .is_some_and(|m| {
-            m.healthy && m.lag_seconds == 0 && m.last_synced.as_ref().is_some_and(|t| t.0 >= after)
-        })
-}
 
 #[tokio::test]
 async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() -> Result<()> {
@@ -112,15 +101,6 @@ async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() ->
     setup.delete().await
 }
 
-/// Brings the Government data center back however the test ends.
-struct Outage;
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        let _ = object_store("start", "government-dc");
-    }
-}
-
 #[tokio::test]
 async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_catches_up()
 -> Result<()> {
@@ -137,8 +117,7 @@ async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_ca
     })
     .await?;
 
-    object_store("stop", &government.name)?;
-    let outage = Outage;
+    let outage = Outage::begin(&government.name)?;
     // Backups and archiving to the provincial data center go on.
     request_backup(&api, "during-outage").await?;
     let db = request_done(&api, "during-outage", 3 * MINUTE).await?;

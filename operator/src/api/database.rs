@@ -248,6 +248,11 @@ pub struct FromBackup {
     /// Recover up to this instant (RFC 3339); the latest backup and all archived WAL when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_time: Option<Time>,
+    /// The policy's repository to restore from, by name: a mirror when the primary's data
+    /// center is unreachable. The primary (the first repository) when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub repository: Option<String>,
 }
 
 /// What deleting a SectorDatabase does to its data: Retain keeps the volumes and the backups;

@@ -70,17 +70,18 @@ fn repo_path(repository: &Repository) -> String {
     format!("/{prefix}")
 }
 
-/// pgbackrest.conf for one database: the policy's primary repository (S3 over verified TLS,
+/// pgbackrest.conf for one database: `primary` as repo1 (the policy's primary repository, or a
+/// mirror to restore from; S3 over verified TLS,
 /// path or host style, encrypted when the policy says so, its retention), lz4 compression,
 /// asynchronous WAL archiving with the spool on the data volume (the root filesystem is
 /// read-only), and the local PostgreSQL through its socket.
 pub fn config(
     policy: &BackupPolicySpec,
+    primary: &Repository,
     secrets: &RepositorySecrets,
     stanza: &str,
     layout: &Layout,
 ) -> String {
-    let primary = &policy.repositories[0];
     let (host, port) = host_port(&primary.s3.endpoint);
     let style = match primary.s3.uri_style {
         crate::api::policy::UriStyle::Path => "path",
@@ -292,8 +293,10 @@ mod tests {
 
     #[test]
     fn the_config_names_the_primary_repository_over_verified_tls_with_encryption_and_retention() {
+        let spec = policy(serde_json::json!({}));
         let conf = config(
-            &policy(serde_json::json!({})),
+            &spec,
+            &spec.repositories[0],
             &secrets(Some("pass")),
             "ns.db.1234abcd",
             &layout(),
@@ -322,12 +325,7 @@ mod tests {
             );
         }
         assert!(!conf.contains("verify-tls"), "TLS is always verified");
-        let plain = config(
-            &policy(serde_json::json!({})),
-            &secrets(None),
-            "s",
-            &layout(),
-        );
+        let plain = config(&spec, &spec.repositories[0], &secrets(None), "s", &layout());
         assert!(!plain.contains("cipher"));
     }
 

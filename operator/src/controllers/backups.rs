@@ -156,31 +156,32 @@ pub async fn repository_keys(
     }
 }
 
-/// pgbackrest.conf for `stanza` in the primary repository of `policy`, as mounted at
-/// `config_dir`, and that repository's CA; the keys and passphrase come from the policy's
-/// Secrets in the operator's namespace. `Err` names what is missing there.
+/// pgbackrest.conf for `stanza` in `repository` of `policy` (its primary, or a mirror to restore
+/// from), as mounted at `config_dir`, and that repository's CA; the keys and passphrase come
+/// from the policy's Secrets in the operator's namespace. `Err` names what is missing there.
 pub async fn repository_config(
     ctx: &Context,
     policy: &BackupPolicy,
+    repository: &Repository,
     stanza: &str,
     config_dir: &str,
 ) -> Result<std::result::Result<(String, Option<String>), String>> {
     let passphrase = policy.spec.encryption.as_ref().map(|e| &e.key_secret);
-    let (keys, passphrase) =
-        match repository_keys(ctx, &policy.spec.repositories[0], passphrase).await? {
-            Ok(found) => found,
-            Err(missing) => {
-                return Ok(Err(format!(
-                    "BackupPolicy {} names what namespace {} lacks: {}",
-                    policy.name_any(),
-                    ctx.namespace,
-                    missing.join(", ")
-                )));
-            }
-        };
+    let (keys, passphrase) = match repository_keys(ctx, repository, passphrase).await? {
+        Ok(found) => found,
+        Err(missing) => {
+            return Ok(Err(format!(
+                "BackupPolicy {} names what namespace {} lacks: {}",
+                policy.name_any(),
+                ctx.namespace,
+                missing.join(", ")
+            )));
+        }
+    };
     let (key_id, key_secret, ca) = (keys.access_key_id, keys.secret_access_key, keys.ca_pem);
     let config = pgbackrest::config(
         &policy.spec,
+        repository,
         &RepositorySecrets {
             access_key_id: &key_id,
             secret_access_key: &key_secret,
@@ -240,11 +241,18 @@ pub async fn prepare(
         )));
     }
     let stanza = pgbackrest::stanza(&namespace, &db.name_any(), &db.uid().unwrap_or_default());
-    let (config, ca) =
-        match repository_config(ctx, &policy, &stanza, pgbackrest::CONFIG_DIR).await? {
-            Ok(found) => found,
-            Err(missing) => return Ok(Err(not_backed_up("PolicySecretsMissing", missing))),
-        };
+    let (config, ca) = match repository_config(
+        ctx,
+        &policy,
+        &policy.spec.repositories[0],
+        &stanza,
+        pgbackrest::CONFIG_DIR,
+    )
+    .await?
+    {
+        Ok(found) => found,
+        Err(missing) => return Ok(Err(not_backed_up("PolicySecretsMissing", missing))),
+    };
     let files = pgbackrest::secret_files(&config, ca.as_deref());
     let digest = files
         .iter()

@@ -64,11 +64,32 @@ pub async fn prepare(
         Ok(stanza) => stanza,
         Err(why) => return Ok(Err(why)),
     };
-    let (config, ca) =
-        match repository_config(ctx, &policy, &stanza, pgbackrest::RESTORE_DIR).await? {
-            Ok(found) => found,
-            Err(missing) => return Ok(Err(missing)),
-        };
+    let repositories = &policy.spec.repositories;
+    let repository = match &from.repository {
+        None => repositories.first(),
+        Some(name) => repositories.iter().find(|r| &r.name == name),
+    };
+    let Some(repository) = repository else {
+        let names: Vec<&str> = repositories.iter().map(|r| r.name.as_str()).collect();
+        return Ok(Err(format!(
+            "spec.bootstrap.fromBackup.repository: BackupPolicy {} has no repository {:?} (it has {})",
+            from.policy,
+            from.repository.as_deref().unwrap_or_default(),
+            names.join(", ")
+        )));
+    };
+    let (config, ca) = match repository_config(
+        ctx,
+        &policy,
+        repository,
+        &stanza,
+        pgbackrest::RESTORE_DIR,
+    )
+    .await?
+    {
+        Ok(found) => found,
+        Err(missing) => return Ok(Err(missing)),
+    };
     let mut files = pgbackrest::secret_files(&config, ca.as_deref());
     files.push(("stanza", stanza));
     let target = from.target_time.as_ref().map(pgbackrest::restore_time);
