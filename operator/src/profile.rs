@@ -133,7 +133,7 @@ impl SecurityProfile {
                         match observed.drill_within {
                             Some(days) if days <= max => (true, format!("last restore drill {days} days ago")),
                             Some(days) => (false, format!("last restore drill {days} days ago; at most {max} allowed")),
-                            None => (false, format!("no restore drill recorded; one is required at least every {max} days")),
+                            None => (false, format!("no passed restore drill recorded; one is required at least every {max} days")),
                         }
                     }
                 };

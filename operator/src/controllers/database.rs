@@ -523,6 +523,12 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
             let outcome = backups::run(ctx, db, &plan, observed, &now()).await?;
             observed.backed_up_with_wal = outcome.backed_up;
             observed.offsite_encrypted = outcome.backed_up && outcome.offsite;
+            observed.drill_within = outcome
+                .state
+                .as_ref()
+                .and_then(|s| s.last_drill.as_ref())
+                .filter(|d| d.succeeded)
+                .map(|d| days_between(&d.time, &now()));
             Some(outcome)
         }
         (Some(Ok(_)), Err(outcome)) => Some(outcome),
@@ -545,6 +551,12 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         restore_blocked: None,
         restored,
     })
+}
+
+/// Whole days from `from` to `to`; 0 when `to` is earlier.
+fn days_between(from: &Time, to: &Time) -> i32 {
+    let seconds = to.0.as_second() - from.0.as_second();
+    i32::try_from(seconds.max(0) / 86_400).unwrap_or(i32::MAX)
 }
 
 async fn configure_postgres(
@@ -821,6 +833,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drill_counts_whole_days_and_never_from_the_future() {
+        let at = |t: &str| Time(t.parse().unwrap());
+        let drill = at("2026-06-01T03:00:00Z");
+        assert_eq!(days_between(&drill, &at("2026-06-02T02:59:59Z")), 0);
+        assert_eq!(days_between(&drill, &at("2026-11-30T03:00:00Z")), 182);
+        assert_eq!(days_between(&drill, &at("2026-05-01T00:00:00Z")), 0);
+    }
 
     fn db(spec: serde_json::Value, status: Option<serde_json::Value>) -> SectorDatabase {
         let mut obj = serde_json::json!({
