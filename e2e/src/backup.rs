@@ -173,6 +173,26 @@ impl Setup {
         policies: usize,
         mirror_max_lag: Option<&str>,
     ) -> Result<(Setup, ObjectStore, ObjectStore)> {
+        Self::with_primary(
+            client,
+            prefix,
+            policies,
+            mirror_max_lag,
+            "ProvincialDataCenter",
+        )
+        .await
+    }
+
+    /// As `new`, with the primary repository in the data center of `primary_role`: a test that
+    /// must not depend on the provincial data center (another cuts it off meanwhile) writes to
+    /// the Government one.
+    pub async fn with_primary(
+        client: &Client,
+        prefix: &str,
+        policies: usize,
+        mirror_max_lag: Option<&str>,
+        primary_role: &str,
+    ) -> Result<(Setup, ObjectStore, ObjectStore)> {
         let ns = TestNamespace::create(client, prefix).await?;
         let label = json!({"metadata": {"labels": {"sectordb.io/backup": ns.name}}});
         Api::<Namespace>::all(client.clone())
@@ -186,7 +206,7 @@ impl Setup {
                 .cloned()
                 .with_context(|| format!("no {role} object store"))
         };
-        let (store, government) = (role("ProvincialDataCenter")?, role("GovernmentDataCenter")?);
+        let (store, government) = (role(primary_role)?, role("GovernmentDataCenter")?);
         let mut repositories = vec![repository(&store, &format!("/{}", ns.name))];
         if let Some(lag) = mirror_max_lag {
             let mut mirror = repository(&government, &format!("/mirror-{}", ns.name));

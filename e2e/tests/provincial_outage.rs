@@ -1,14 +1,18 @@
 //! The provincial data center (every policy's primary repository) cut off: a database restores
-//! from the Government data center's mirror alone. It takes the primary away from every other
-//! backup test, so scripts/test runs it with the tests that run one at a time, last.
+//! from the Government data center's mirror alone, and pgBackRest's own listing of the mirror
+//! agrees with the source's status. It takes the primary away from every other backup test, so
+//! scripts/test runs it last, side by side only with the operator restarts (whose backup test
+//! writes to the Government data center); its waits allow for the operator being away.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use sectordb::api::{BackupPolicy, SectorDatabase};
+use sectordb::backup::exec;
+use sectordb::backup::pgbackrest::{self, RESTORE_DIR};
 use sectordb_e2e::backup::{Outage, Setup, mirrored_after, request_backup, request_done};
 use sectordb_e2e::{client, connect_with, database, is_ready, wait_for};
 use serde_json::json;
@@ -69,6 +73,43 @@ async fn a_database_restores_from_the_mirror_while_the_primary_is_unreachable() 
         restore.stanza.starts_with(&format!("{ns}.db.")),
         "{restore:?}"
     );
+
+    // pgBackRest reads the mirror as a repository of its own (the copy's restore configuration
+    // names it), and what it lists there is what the source's status says.
+    let info = exec::run(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        "copy-0",
+        vec![
+            "pgbackrest".into(),
+            format!("--config={RESTORE_DIR}/pgbackrest.conf"),
+            format!("--stanza={}", restore.stanza),
+            "info".into(),
+            "--output=json".into(),
+        ],
+        MINUTE,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert!(
+        info.succeeded(),
+        "pgbackrest info on the mirror: {}",
+        info.tail()
+    );
+    let in_mirror =
+        pgbackrest::parse_info(&info.stdout, &government.name).map_err(anyhow::Error::msg)?;
+    let labels: Vec<Option<String>> = in_mirror.iter().map(|r| r.label.clone()).collect();
+    let source = api
+        .get("db")
+        .await?
+        .status
+        .and_then(|s| s.backup)
+        .context("no status.backup")?;
+    assert_eq!(
+        labels.last().cloned().flatten(),
+        source.last_successful.and_then(|r| r.label),
+        "the mirror's latest backup is not the one status names: {labels:?}"
+    );
+    assert_eq!(Some(labels.len() as i32), source.backups, "{labels:?}");
     drop(outage);
     setup.delete().await
 }

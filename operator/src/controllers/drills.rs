@@ -205,13 +205,18 @@ async fn check(
     };
     let at_backup = drill::read_counts(counts);
     match drill::compare(&at_backup, &restored) {
-        Ok(()) => Ok(Ok((
-            seconds,
-            format!(
-                "backup {label} restored in {seconds} s; pg_amcheck found no corruption; {} tables hold the rows counted at backup",
-                at_backup.len()
-            ),
-        ))),
+        Ok(()) => {
+            let tables = match at_backup.len() {
+                1 => "1 table".to_string(),
+                n => format!("{n} tables"),
+            };
+            Ok(Ok((
+                seconds,
+                format!(
+                    "backup {label} restored in {seconds} s; pg_amcheck found no corruption; the rows of {tables} match the counts taken at backup"
+                ),
+            )))
+        }
         Err(why) => Ok(Err((
             seconds,
             format!("the copy of backup {label} differs: {why}"),
