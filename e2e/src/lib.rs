@@ -134,14 +134,16 @@ impl TestNamespace {
         })
     }
 
-    /// Deletes the namespace and waits until it is gone.
+    /// Deletes the namespace and waits until it is gone. The namespace controller retries with
+    /// a growing back-off while content remains, so a namespace whose databases took a while to
+    /// go can outlive them by minutes.
     pub async fn delete(self) -> Result<()> {
         let api = Api::<Namespace>::all(self.client.clone());
         api.delete(&self.name, &DeleteParams::default()).await?;
         let gone = wait_for(
             &api,
             &self.name,
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             "namespace deleted",
             |ns| ns.is_none(),
         )
@@ -152,7 +154,8 @@ impl TestNamespace {
         }
     }
 
-    /// What still holds the namespace: its databases and pods, and the warnings it has seen.
+    /// What still holds the namespace: its databases, what the namespace controller reports,
+    /// and the warnings it has seen.
     async fn remains(&self) -> String {
         let dbs = Api::<SectorDatabase>::namespaced(self.client.clone(), &self.name)
             .list(&ListParams::default())
@@ -162,10 +165,18 @@ impl TestNamespace {
                     .map(|d| format!("{} finalizers {:?}", d.name_any(), d.finalizers()))
                     .collect::<Vec<_>>()
             });
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.name)
-            .list(&ListParams::default())
+        // The namespace controller says what content and finalizers remain, and why.
+        let conditions = Api::<Namespace>::all(self.client.clone())
+            .get_opt(&self.name)
             .await
-            .map(|l| l.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+            .map(|ns| {
+                ns.and_then(|ns| ns.status?.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.status == "True")
+                    .map(|c| format!("{}: {}", c.type_, c.message.unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            });
         let warnings = Api::<Event>::namespaced(self.client.clone(), &self.name)
             .list(&ListParams::default())
             .await
@@ -182,10 +193,21 @@ impl TestNamespace {
                     .collect::<Vec<_>>()
             });
         format!(
-            "namespace {} still holds databases {dbs:?}, pods {pods:?}; warnings {warnings:?}",
+            "namespace {} still holds databases {dbs:?}; its conditions {conditions:?}; warnings {warnings:?}",
             self.name
         )
     }
+}
+
+/// The value of the operator's metric `name` in the series whose labels include `label` (e.g.
+/// `namespace="e2e-x"`).
+pub async fn metric(client: &Client, name: &str, label: &str) -> Result<String> {
+    let metrics = operator_metrics(client).await?;
+    let series = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .with_context(|| format!("no {name} series with {label}"))?;
+    Ok(series.rsplit(' ').next().unwrap_or_default().to_string())
 }
 
 /// What the operator's metrics Service serves (`/metrics`).

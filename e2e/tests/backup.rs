@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sectordb::api::database::DrillRecord;
 use sectordb::api::{BackupPolicy, SectorDatabase};
 use sectordb_e2e::backup::{Setup, damage, objects, request_backup, request_done};
-use sectordb_e2e::{client, connect_with, database, is_ready, operator_metrics, wait_for};
+use sectordb_e2e::{client, connect_with, database, is_ready, metric, wait_for};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(180);
@@ -125,17 +125,15 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     assert!(found.iter().map(|o| o.size).sum::<i64>() > 0);
 
     // The operator's metrics carry the same backup (one replica: the chart's default).
-    let metrics = operator_metrics(&client).await?;
-    let series = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("sectordb_backup_last_success_timestamp_seconds{")
-                && l.contains(&format!("namespace=\"{ns}\""))
-        })
-        .context("no backup metric for the database")?;
-    assert!(
-        series.ends_with(&format!(" {}", last.time.0.as_second())),
-        "{series}"
+    let in_namespace = format!("namespace=\"{ns}\"");
+    assert_eq!(
+        metric(
+            &client,
+            "sectordb_backup_last_success_timestamp_seconds",
+            &in_namespace
+        )
+        .await?,
+        last.time.0.as_second().to_string()
     );
 
     let policy = Api::<BackupPolicy>::all(client.clone())
@@ -176,7 +174,10 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     let verification = verified(policy.as_ref()).context("no lastVerification")?;
     assert_eq!(verification.database, format!("{ns}/db"));
     assert!(verification.succeeded);
-    assert_eq!(drill_metric(&client, &ns).await?, "1");
+    assert_eq!(
+        metric(&client, "sectordb_restore_drill_success", &in_namespace).await?,
+        "1"
+    );
 
     // Damage one file of that backup in the bucket: the next drill fails, loudly.
     let control = found
@@ -217,7 +218,10 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
         },
     )
     .await?;
-    assert_eq!(drill_metric(&client, &ns).await?, "0");
+    assert_eq!(
+        metric(&client, "sectordb_restore_drill_success", &in_namespace).await?,
+        "0"
+    );
     setup.delete().await
 }
 
@@ -241,19 +245,6 @@ async fn drill(api: &Api<SectorDatabase>, value: &str) -> Result<DrillRecord> {
     .await?;
     db.and_then(|d| d.status?.backup?.last_drill)
         .context("no lastDrill")
-}
-
-/// The value of `sectordb_restore_drill_success` for the database `db` in `ns`.
-async fn drill_metric(client: &kube::Client, ns: &str) -> Result<String> {
-    let metrics = operator_metrics(client).await?;
-    let series = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("sectordb_restore_drill_success{")
-                && l.contains(&format!("namespace=\"{ns}\""))
-        })
-        .context("no drill metric for the database")?;
-    Ok(series.rsplit(' ').next().unwrap_or_default().to_string())
 }
 
 #[tokio::test]

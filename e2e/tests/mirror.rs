@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sectordb::api::BackupPolicy;
 use sectordb_e2e::backup::{Outage, Setup, mirrored_after, objects, request_backup, request_done};
-use sectordb_e2e::{client, connect_with, operator_metrics, wait_for};
+use sectordb_e2e::{client, connect_with, metric, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -142,15 +142,9 @@ async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_ca
         Some("MirrorBehind".to_string())
     );
     // The metric shows the lag too.
-    let series = format!(
-        "sectordb_mirror_lag_seconds{{policy=\"{name}\",repository=\"{}\"}} ",
-        government.name
-    );
-    let metrics = operator_metrics(&client).await?;
-    let lag: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .context("no mirror lag metric")?
+    let labels = format!("policy=\"{name}\",repository=\"{}\"", government.name);
+    let lag: i64 = metric(&client, "sectordb_mirror_lag_seconds", &labels)
+        .await?
         .parse()?;
     assert!(
         lag > 30,

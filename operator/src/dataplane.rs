@@ -195,6 +195,15 @@ fn push(list: &mut serde_json::Value, item: serde_json::Value) {
     }
 }
 
+/// PostgreSQL's container runs as its own uid, unprivileged, on a read-only root filesystem.
+fn postgres_security_context() -> serde_json::Value {
+    json!({
+        "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
+        "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}
+    })
+}
+
 /// The StatefulSet running PostgreSQL. An init container running as root makes the volume and
 /// the TLS files PostgreSQL's (hostPath volumes ignore fsGroup); PostgreSQL itself runs as its own
 /// uid with a read-only root filesystem. Ordinal 0 initialises the primary; every other ordinal
@@ -312,11 +321,7 @@ pub fn stateful_set(
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
                         ],
                         "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
-                        "securityContext": {
-                            "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
-                            "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
-                            "capabilities": {"drop": ["ALL"]}
-                        },
+                        "securityContext": postgres_security_context(),
                         "startupProbe": probe(1, 300),
                         "readinessProbe": probe(2, 3),
                         "livenessProbe": probe(10, 6),
@@ -415,11 +420,7 @@ pub fn drill_pod(db: &SectorDatabase, settings: &Settings) -> Pod {
                 "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
                 "command": ["tini", "--", "sleep", "infinity"],
                 "env": [{"name": "PGDATA", "value": PGDATA}],
-                "securityContext": {
-                    "runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_GID, "runAsNonRoot": true,
-                    "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]}
-                },
+                "securityContext": postgres_security_context(),
                 "resources": db.spec.resources,
                 "volumeMounts": [
                     {"name": "data", "mountPath": DATA_DIR},

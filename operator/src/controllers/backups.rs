@@ -536,7 +536,10 @@ pub async fn run(
         }
     } else if let Some(slot) = drill_due(db, plan, &previous, &last, now) {
         match drills::run(ctx, db, &plan.stanza, observed.last_archived).await? {
-            Drill::Waiting(_) => retry_in = Some(Duration::from_secs(10)),
+            Drill::Waiting(why) => {
+                tracing::info!(database = %db.name_any(), %why, "restore drill waits");
+                retry_in = Some(Duration::from_secs(10));
+            }
             Drill::Done(record) => {
                 event = Some(if record.succeeded {
                     (false, "RestoreDrillPassed", record.message.clone())
