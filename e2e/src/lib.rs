@@ -12,7 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
-use sectordb::api::SectorDatabase;
+use sectordb::api::{DataSharingConnection, SectorDatabase};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -134,10 +134,12 @@ impl TestNamespace {
         })
     }
 
-    /// Deletes the namespace and waits until it is gone. The namespace controller retries with
-    /// a growing back-off while content remains, so a namespace whose databases took a while to
-    /// go can outlive them by minutes.
+    /// Deletes the namespace and waits until it is gone: its connections and databases first.
+    /// The namespace controller of 1.20 backs off exponentially while their finalizers hold, so
+    /// a namespace deleted with them in it can outlive them by minutes.
     pub async fn delete(self) -> Result<()> {
+        self.delete_all::<DataSharingConnection>().await?;
+        self.delete_all::<SectorDatabase>().await?;
         let api = Api::<Namespace>::all(self.client.clone());
         api.delete(&self.name, &DeleteParams::default()).await?;
         let gone = wait_for(
@@ -152,6 +154,33 @@ impl TestNamespace {
             Ok(_) => Ok(()),
             Err(error) => Err(error.context(self.remains().await)),
         }
+    }
+
+    /// Deletes every `K` in the namespace and waits until their finalizers let them go.
+    async fn delete_all<K>(&self) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), &self.name);
+        let everything = ListParams::default();
+        api.delete_collection(&DeleteParams::default(), &everything)
+            .await?;
+        poll(
+            Duration::from_secs(300),
+            &format!("every {} in {} deleted", K::kind(&()), self.name),
+            || async {
+                api.list(&everything)
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await
     }
 
     /// What still holds the namespace: its databases, what the namespace controller reports,
