@@ -267,6 +267,22 @@ impl Setup {
         Ok(api)
     }
 
+    /// Writes a row no backup file may show in plaintext into the table `notes` of the database
+    /// `db` (created by `backed_up_database`); returns the row's text.
+    pub async fn write_marker(&self, tag: &str) -> Result<String> {
+        let marker = format!("MARKER-{}-{tag}", self.ns.name);
+        let app = Api::<Secret>::namespaced(self.client.clone(), &self.ns.name)
+            .get("db-app")
+            .await?;
+        crate::connect_with(&app)
+            .await?
+            .batch_execute(&format!(
+                "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
+            ))
+            .await?;
+        Ok(marker)
+    }
+
     /// The first policy as it is now.
     pub async fn policy(&self) -> Result<BackupPolicy> {
         Ok(Api::<BackupPolicy>::all(self.client.clone())

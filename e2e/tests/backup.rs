@@ -53,16 +53,7 @@ async fn a_policy_backs_up_its_database_encrypted_and_keeps_what_retention_says(
     .await?;
     let first_label = last_label(first.as_ref()).context("no label after the first backup")?;
 
-    let marker = format!("MARKER-{ns}-row");
-    let app = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get("db-app")
-        .await?;
-    connect_with(&app)
-        .await?
-        .batch_execute(&format!(
-            "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
-        ))
-        .await?;
+    let marker = setup.write_marker("row").await?;
     let mut labels = vec![first_label];
     for request in ["1", "2"] {
         request_backup(&api, request).await?;

@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sectordb::api::BackupPolicy;
 use sectordb_e2e::backup::{Outage, Setup, mirrored_after, objects, request_backup, request_done};
-use sectordb_e2e::{client, connect_with, metric, wait_for};
+use sectordb_e2e::{client, metric, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -20,17 +19,7 @@ async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() ->
     let (setup, _, government) = Setup::new(&client, "mirror", 1, Some("10m")).await?;
     let ns = setup.ns.name.clone();
     let api = setup.backed_up_database().await?;
-    let marker = format!("MARKER-{ns}-mirror");
-    connect_with(
-        &Api::<Secret>::namespaced(client.clone(), &ns)
-            .get("db-app")
-            .await?,
-    )
-    .await?
-    .batch_execute(&format!(
-        "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
-    ))
-    .await?;
+    let marker = setup.write_marker("mirror").await?;
     request_backup(&api, "to-mirror").await?;
     let db = request_done(&api, "to-mirror", 3 * MINUTE).await?;
     let backup = db

@@ -26,13 +26,7 @@ async fn a_database_restores_from_the_mirror_while_the_primary_is_unreachable() 
     let ns = setup.ns.name.clone();
     let api = setup.backed_up_database().await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let marker = format!("MARKER-{ns}-offsite");
-    connect_with(&secrets.get("db-app").await?)
-        .await?
-        .batch_execute(&format!(
-            "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('{marker}')"
-        ))
-        .await?;
+    let marker = setup.write_marker("offsite").await?;
     request_backup(&api, "before-outage").await?;
     let db = request_done(&api, "before-outage", 3 * MINUTE).await?;
     let backed_up = db
