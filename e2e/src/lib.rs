@@ -12,20 +12,25 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
-use sectordb::api::{DataSharingConnection, SectorDatabase};
+use sectordb::api::{Agency, DataSharingConnection, SectorDatabase};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 pub mod backup;
 pub mod sharing;
 
-/// A SectorDatabase manifest for tests.
+/// The agency code test namespaces are registered with, unless a test names another.
+pub const HEALTH_CODE: &str = "000.00.12.H53";
+/// The consumer agency of the sharing tests.
+pub const LABOUR_CODE: &str = "000.00.20.H53";
+
+/// A SectorDatabase manifest for tests, for the agency `HEALTH_CODE`.
 pub fn database(name: &str, level: i32) -> serde_json::Value {
     json!({
         "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
         "metadata": {"name": name},
         "spec": {
-            "agency": {"code": "000.00.12.H53", "name": "Department of Health"},
+            "agency": {"code": HEALTH_CODE, "name": "Department of Health"},
             "sector": "Health", "classification": "Shared", "securityLevel": level,
             "storage": {"size": "64Mi"}, "database": {"name": "health", "owner": "app"},
             "deletionPolicy": "Delete"
@@ -112,14 +117,44 @@ pub async fn proxy_get(
     Ok(client.request_text(request).await?)
 }
 
-/// A namespace that exists for one test.
+/// Registers (or re-registers) the Agency `name` with `code`, owning `namespaces`, with
+/// `approved_levels` as `spec.approvedLevels`.
+pub async fn register(
+    client: &Client,
+    name: &str,
+    code: &str,
+    namespaces: &[&str],
+    approved_levels: serde_json::Value,
+) -> Result<Agency> {
+    let agency: Agency = serde_json::from_value(json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "Agency",
+        "metadata": {"name": name, "labels": {"sectordb.io/e2e": "true"}},
+        "spec": {"code": code, "name": format!("Test agency {name}"), "namespaces": namespaces,
+                 "approvedLevels": approved_levels}
+    }))?;
+    Ok(Api::<Agency>::all(client.clone())
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("sectordb-e2e").force(),
+            &kube::api::Patch::Apply(&agency),
+        )
+        .await?)
+}
+
+/// A namespace that exists for one test, registered to an Agency of the same name.
 pub struct TestNamespace {
     pub name: String,
     client: Client,
 }
 
 impl TestNamespace {
+    /// A namespace of the agency `HEALTH_CODE`.
     pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        Self::create_for(client, prefix, HEALTH_CODE).await
+    }
+
+    /// A namespace, and the Agency `code` that owns it (no approved levels: any level).
+    pub async fn create_for(client: &Client, prefix: &str, code: &str) -> Result<Self> {
         let suffix = jiff::Timestamp::now().as_millisecond() % 1_000_000;
         let name = format!("e2e-{prefix}-{suffix}");
         let ns: Namespace = serde_json::from_value(json!({
@@ -128,6 +163,7 @@ impl TestNamespace {
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await?;
+        register(client, &name, code, &[&name], json!({})).await?;
         Ok(TestNamespace {
             name,
             client: client.clone(),
@@ -141,6 +177,9 @@ impl TestNamespace {
     pub async fn delete(self) -> Result<()> {
         self.delete_all::<DataSharingConnection>().await?;
         self.delete_all::<SectorDatabase>().await?;
+        Api::<Agency>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
         Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
             .await?;

@@ -10,7 +10,7 @@ use sectordb::api::connection::ConnectionPhase;
 use sectordb::api::{DataSharingConnection, SectorDatabase};
 use serde_json::json;
 
-use crate::{TestNamespace, connect_with, database, is_ready, wait_for};
+use crate::{LABOUR_CODE, TestNamespace, connect_with, database, is_ready, wait_for};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -30,7 +30,7 @@ impl Agencies {
 /// and holds rows, and a consumer agency.
 pub async fn agencies(client: &Client, name: &str) -> Result<Agencies> {
     let provider = TestNamespace::create(client, &format!("{name}-p")).await?;
-    let consumer = TestNamespace::create(client, &format!("{name}-c")).await?;
+    let consumer = TestNamespace::create_for(client, &format!("{name}-c"), LABOUR_CODE).await?;
     let mut db = database("records", 3);
     db["spec"]["sharing"] = json!({"datasets": [{"name": "vaccinations", "tables": [
         {"schema": "public", "name": "vaccination_records", "columns": ["id", "district", "vaccine"]}]}]});
@@ -63,7 +63,7 @@ pub fn connection(
         "metadata": {"name": name},
         "spec": {
             "provider": {"database": "records", "dataset": dataset},
-            "consumer": {"agency": {"code": "000.00.20.H53", "name": "Department of Labour"}, "namespace": consumer},
+            "consumer": {"agency": {"code": LABOUR_CODE, "name": "Department of Labour"}, "namespace": consumer},
             "mode": "ReadOnly",
             "purpose": "Verify eligibility for social support payments",
             "legalBasis": "Decree 47/2020/ND-CP, art. 22",

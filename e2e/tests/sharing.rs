@@ -240,7 +240,7 @@ async fn a_dataset_the_provider_did_not_declare_is_denied() -> Result<()> {
 #[tokio::test]
 async fn an_agency_admin_cannot_create_connections() -> Result<()> {
     let client = client().await?;
-    let consumer = TestNamespace::create(&client, "rbac").await?;
+    let consumer = TestNamespace::create_for(&client, "rbac", sectordb_e2e::LABOUR_CODE).await?;
     let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "agency-admin"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sectordb-agency-admin"},
@@ -307,7 +307,11 @@ async fn replicate_copies_the_granted_columns_into_the_consumer_database() -> Re
     databases
         .create(
             &PostParams::default(),
-            &serde_json::from_value(sectordb_e2e::database("warehouse", 3))?,
+            &serde_json::from_value({
+                let mut warehouse = sectordb_e2e::database("warehouse", 3);
+                warehouse["spec"]["agency"]["code"] = json!(sectordb_e2e::LABOUR_CODE);
+                warehouse
+            })?,
         )
         .await?;
     wait_for(

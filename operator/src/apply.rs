@@ -1,5 +1,6 @@
 //! Server-side apply of child objects, skipped when the object already carries the digest of
-//! exactly what would be sent, so a steady state makes no writes.
+//! exactly what would be sent, so a steady state makes no writes. A name already taken by an
+//! object the operator did not create for this owner is never overwritten.
 
 use std::fmt::Debug;
 
@@ -11,6 +12,22 @@ use serde::de::DeserializeOwned;
 /// Annotation holding the digest of the last applied desired object.
 pub const DIGEST_ANNOTATION: &str = "sectordb.io/applied-digest";
 
+/// Label that marks an object the operator wrote for a DataSharingConnection in another
+/// namespace, where no owner reference can point: it holds the connection's UID.
+pub const CONNECTION_UID_LABEL: &str = "sectordb.io/connection-uid";
+
+/// Why a child was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The name is held by an object this owner did not create.
+    #[error(
+        "{kind} {name:?} already exists and was not created by sectordb for this object; rename or remove it"
+    )]
+    Taken { kind: String, name: String },
+}
+
 fn digest<K: Serialize>(obj: &K) -> String {
     let text = serde_json::to_string(obj).unwrap_or_default();
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -20,15 +37,53 @@ fn digest<K: Serialize>(obj: &K) -> String {
         .collect()
 }
 
+/// Whether `live` was made for the owner `desired` names: an owner reference with the same UID,
+/// or, for objects that cannot carry one, the same connection UID label. Names and shared labels
+/// prove nothing: a tenant can set those on anything in its namespace.
+pub fn same_owner<K: Resource>(live: &K, desired: &K) -> bool {
+    let uids = |obj: &K| -> Vec<String> {
+        obj.owner_references()
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect()
+    };
+    let wanted = uids(desired);
+    if !wanted.is_empty() {
+        return uids(live).iter().any(|uid| wanted.contains(uid));
+    }
+    let label = |obj: &K| obj.labels().get(CONNECTION_UID_LABEL).cloned();
+    label(desired).is_some_and(|uid| !uid.is_empty() && label(live) == Some(uid))
+}
+
+/// The kind an object serializes with (typed and dynamic objects alike carry it).
+fn kind_of<K: Serialize>(obj: &K) -> String {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| v.get("kind")?.as_str().map(String::from))
+        .unwrap_or_else(|| "object".into())
+}
+
+/// Whether `obj` carries an owner reference to the object with `uid`: the one proof that the
+/// operator made it for that owner, checked before anything is deleted.
+pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
+    !uid.is_empty() && obj.owner_references().iter().any(|o| o.uid == uid)
+}
+
 /// Applies `desired` unless the live object was applied from the same desired state.
 /// Returns the live object and whether a write happened.
-pub async fn apply<K>(api: &Api<K>, manager: &str, mut desired: K) -> Result<(K, bool), kube::Error>
+pub async fn apply<K>(api: &Api<K>, manager: &str, mut desired: K) -> Result<(K, bool), Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.name_any();
     let want = digest(&desired);
     if let Some(live) = api.get_opt(&name).await? {
+        if !same_owner(&live, &desired) {
+            return Err(Error::Taken {
+                kind: kind_of(&desired),
+                name,
+            });
+        }
         if live.annotations().get(DIGEST_ANNOTATION) == Some(&want) {
             return Ok((live, false));
         }
@@ -44,4 +99,47 @@ where
         )
         .await?;
     Ok((live, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Secret;
+
+    fn secret(meta: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({"metadata": meta})).unwrap()
+    }
+
+    fn owned_by(uid: &str) -> serde_json::Value {
+        serde_json::json!({"name": "s", "ownerReferences": [
+            {"apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase", "name": "d", "uid": uid}]})
+    }
+
+    #[test]
+    fn only_an_object_made_for_the_same_owner_may_be_overwritten() {
+        let desired = secret(owned_by("u-1"));
+        assert!(same_owner(&secret(owned_by("u-1")), &desired));
+        assert!(!same_owner(&secret(owned_by("u-2")), &desired));
+        assert!(!same_owner(
+            &secret(serde_json::json!({"name": "s"})),
+            &desired
+        ));
+        let same_labels =
+            secret(serde_json::json!({"name": "s", "labels": {"app.kubernetes.io/instance": "d"}}));
+        assert!(!same_owner(&same_labels, &desired));
+    }
+
+    #[test]
+    fn an_object_in_another_namespace_is_recognised_by_its_connection_uid_only() {
+        let labelled = |uid: &str| {
+            secret(serde_json::json!({"name": "s", "labels": {CONNECTION_UID_LABEL: uid}}))
+        };
+        assert!(same_owner(&labelled("c-1"), &labelled("c-1")));
+        assert!(!same_owner(&labelled("c-2"), &labelled("c-1")));
+        assert!(!same_owner(
+            &secret(serde_json::json!({"name": "s"})),
+            &labelled("c-1")
+        ));
+        assert!(!same_owner(&labelled(""), &labelled("")));
+    }
 }

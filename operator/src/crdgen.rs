@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{BackupPolicy, DataSharingConnection, SectorDatabase};
+use crate::api::{Agency, BackupPolicy, DataSharingConnection, SectorDatabase};
 
 /// Every CRD the operator serves.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -14,6 +14,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         SectorDatabase::crd(),
         DataSharingConnection::crd(),
         BackupPolicy::crd(),
+        Agency::crd(),
     ]
     .into_iter()
     .map(without_null_enum_values)

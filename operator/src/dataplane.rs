@@ -66,6 +66,16 @@ pub fn names(db: &str) -> Names {
     }
 }
 
+/// Whether `pvc` is the name the StatefulSet gives an instance's volume (`data-<db>-<ordinal>`).
+/// Volumes carry no owner reference (they outlive the database on purpose), so deletion checks
+/// the name as well as the labels: a label alone would let any claim in the namespace be taken.
+pub fn is_volume_of(db: &str, pvc: &str) -> bool {
+    pvc.strip_prefix("data-")
+        .and_then(|rest| rest.strip_prefix(db))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// What the builders need beyond the spec.
 pub struct Settings<'a> {
     pub image: &'a str,
@@ -554,6 +564,22 @@ pub fn disruption_budget(db: &SectorDatabase, api: &ApiResource) -> DynamicObjec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_statefulset_s_own_volume_names_belong_to_a_database() {
+        assert!(is_volume_of("db", "data-db-0"));
+        assert!(is_volume_of("db", "data-db-12"));
+        for other in [
+            "data-db",
+            "data-db-",
+            "data-db-x",
+            "data-dba-0",
+            "db-0",
+            "data-db-0-copy",
+        ] {
+            assert!(!is_volume_of("db", other), "{other}");
+        }
+    }
 
     fn db() -> SectorDatabase {
         serde_json::from_value(json!({

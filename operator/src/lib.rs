@@ -20,4 +20,5 @@ pub mod sharing_sql;
 pub mod sql;
 pub mod startup;
 pub mod telemetry;
+pub mod tenancy;
 pub mod validate;

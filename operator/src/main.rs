@@ -196,6 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controllers::database::run(ctx.clone(), stopped()),
         controllers::connection::run(ctx.clone(), stopped()),
         controllers::policy::run(ctx.clone(), stopped()),
+        controllers::agency::run(ctx.clone(), stopped()),
     );
     let lease_lost = lost_flag.is_finished();
     lost_flag.abort();

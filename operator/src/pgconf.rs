@@ -3,6 +3,10 @@
 use crate::api::database::{SectorDatabaseSpec, TlsMode};
 use crate::dataplane::REPLICATION_USER;
 
+/// The group every DataSharingConnection's role belongs to; pg_hba.conf admits its members to the
+/// application database only.
+pub const SHARING_GROUP: &str = "sectordb_sharing";
+
 /// Where the files land inside the PostgreSQL container.
 pub const CONFIG_DIR: &str = "/etc/sectordb";
 pub const TLS_DIR: &str = "/var/lib/sectordb/tls";
@@ -81,15 +85,23 @@ pub fn reloadable_parameters(spec: &SectorDatabaseSpec) -> Vec<(&str, &str)> {
 }
 
 /// pg_hba.conf: the superuser only over the local socket (peer) or TLS, the standbys' role for
-/// physical replication over TLS and nothing else; at level 2 and above a plain TCP connection is rejected
+/// physical replication over TLS and nothing else, the grants' roles over TLS to the application
+/// database and nothing else; at level 2 and above a plain TCP connection is rejected
 /// outright.
 pub fn pg_hba_conf(spec: &SectorDatabaseSpec) -> String {
+    let db = &spec.database.name;
     let mut lines = vec![
         "# Written by sectordb-operator; edits are overwritten.".to_string(),
         "local   all          postgres                 peer".into(),
+        // A grant's role reaches the application database only: not `postgres`, not the
+        // templates, not over the socket.
+        format!("local   all          +{SHARING_GROUP}         reject"),
         "local   all          all                      scram-sha-256".into(),
         format!("hostssl replication  {REPLICATION_USER} 0.0.0.0/0 scram-sha-256"),
         format!("host    all          {REPLICATION_USER} all       reject"),
+        format!("hostssl {db} +{SHARING_GROUP} 0.0.0.0/0 scram-sha-256"),
+        format!("hostssl {db} +{SHARING_GROUP} ::/0      scram-sha-256"),
+        format!("host    all          +{SHARING_GROUP} all       reject"),
         "hostssl all          all       0.0.0.0/0      scram-sha-256".into(),
         "hostssl all          all       ::/0           scram-sha-256".into(),
     ];
@@ -114,6 +126,28 @@ mod tests {
             "database": {"name": "d", "owner": "o"}, "postgres": {"parameters": parameters}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn grant_roles_reach_only_the_application_database_over_tls() {
+        let hba = pg_hba_conf(&spec(3, "Required", serde_json::json!({})));
+        let sharing: Vec<&str> = hba
+            .lines()
+            .filter(|l| l.contains("+sectordb_sharing"))
+            .collect();
+        assert_eq!(sharing.len(), 4, "{hba}");
+        assert!(sharing[0].starts_with("local") && sharing[0].ends_with("reject"));
+        assert!(sharing[1].starts_with("hostssl d +sectordb_sharing"));
+        assert!(sharing[3].ends_with("reject"));
+        let first_general = hba
+            .lines()
+            .position(|l| l.starts_with("hostssl all          all"))
+            .unwrap();
+        let last_sharing = hba.lines().position(|l| l == sharing[3]).unwrap();
+        assert!(
+            last_sharing < first_general,
+            "the reject comes before the lines that would admit it"
+        );
     }
 
     #[test]

@@ -14,7 +14,12 @@ use crate::pgconf::PORT;
 use crate::sharing_sql::GrantedTable;
 
 /// Label on everything delivered for a connection, so it can be found across namespaces.
-pub const CONNECTION_UID_LABEL: &str = "sectordb.io/connection-uid";
+pub use crate::apply::CONNECTION_UID_LABEL;
+
+/// The NetworkPolicy that opens the provider's database to the consumer's namespace.
+pub fn network_policy_name(conn: &DataSharingConnection) -> String {
+    format!("dsc-{}", conn.name_any())
+}
 
 /// The tables and columns the provider declares in `dataset`; `None` when it declares no such
 /// dataset.
@@ -94,7 +99,7 @@ pub fn network_policy(conn: &DataSharingConnection, provider: &SectorDatabase) -
         .expect("a stored connection has a name and uid");
     serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": format!("dsc-{}", conn.name_any()), "namespace": conn.namespace(), "labels": labels(conn), "ownerReferences": [owner]},
+        "metadata": {"name": network_policy_name(conn), "namespace": conn.namespace(), "labels": labels(conn), "ownerReferences": [owner]},
         "spec": {
             "podSelector": {"matchLabels": dataplane::selector_labels(provider)},
             "policyTypes": ["Ingress"],

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::sql::{Error, ident, password_clause, set_password};
+use crate::pgconf::SHARING_GROUP;
+use crate::sql::{Error, ident, literal, password_clause, set_password};
 
 /// A table and the columns a grant covers.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +32,9 @@ pub struct Grant<'a> {
     pub set_password: bool,
     /// Replicate mode: the role also streams the publication to the consumer's subscription.
     pub replication: bool,
+    /// The connection's `validUntil`: PostgreSQL itself refuses the role's logins from then on,
+    /// whether or not the operator is running.
+    pub valid_until: jiff::Timestamp,
 }
 
 /// The role name for a connection: derived from its UID, so a re-created connection of the same
@@ -73,9 +77,17 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
     } else {
         "NOREPLICATION"
     };
+    let until = format!("VALID UNTIL {}", literal(&grant.valid_until.to_string()));
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN CREATE ROLE {} NOLOGIN; END IF; END $$",
+            literal(SHARING_GROUP),
+            ident(SHARING_GROUP)
+        ))
+        .await?;
     let exists = client
         .query_opt(
-            "SELECT rolcanlogin, rolconnlimit, rolreplication FROM pg_roles WHERE rolname = $1",
+            "SELECT rolcanlogin, rolconnlimit, rolreplication,              extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = $1",
             &[&grant.role],
         )
         .await?;
@@ -83,7 +95,7 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
         None => {
             client
                 .batch_execute(&format!(
-                    "CREATE ROLE {role} LOGIN NOINHERIT {replication} CONNECTION LIMIT {} {}",
+                    "CREATE ROLE {role} LOGIN NOINHERIT {replication} CONNECTION LIMIT {} {until} {}",
                     grant.connection_limit,
                     password_clause(grant.password)
                 ))
@@ -97,11 +109,16 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
                 .await?;
         }
         Some(row) => {
-            let (login, limit, streams): (bool, i32, bool) = (row.get(0), row.get(1), row.get(2));
-            if !login || limit != grant.connection_limit || streams != grant.replication {
+            let (login, limit, streams, expires): (bool, i32, bool, Option<i64>) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if !login
+                || limit != grant.connection_limit
+                || streams != grant.replication
+                || expires != Some(grant.valid_until.as_second())
+            {
                 client
                     .batch_execute(&format!(
-                        "ALTER ROLE {role} LOGIN {replication} CONNECTION LIMIT {}",
+                        "ALTER ROLE {role} LOGIN {replication} CONNECTION LIMIT {} {until}",
                         grant.connection_limit
                     ))
                     .await?;
@@ -113,7 +130,8 @@ pub async fn grant(client: &tokio_postgres::Client, grant: &Grant<'_>) -> Result
     }
     client
         .batch_execute(&format!(
-            "GRANT CONNECT ON DATABASE {} TO {role}",
+            "GRANT {} TO {role}; GRANT CONNECT ON DATABASE {} TO {role}",
+            ident(SHARING_GROUP),
             ident(grant.database)
         ))
         .await?;

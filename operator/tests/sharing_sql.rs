@@ -76,7 +76,92 @@ fn grant<'a>(tables: &'a [GrantedTable]) -> Grant<'a> {
         tables,
         set_password: false,
         replication: false,
+        valid_until: "2099-01-01T00:00:00Z".parse().unwrap(),
     }
+}
+
+/// SQLSTATE of a failed login, e.g. 28000 (pg_hba.conf rejects) or 28P01 (password refused).
+fn login_refused(result: Result<tokio_postgres::Client, sql::Error>) -> String {
+    match result {
+        Ok(_) => "logged in".into(),
+        Err(e) => format!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_grant_s_role_reaches_only_the_application_database() {
+    let (pg, su) = provider().await;
+    let tables = vaccinations(&["id", "district"]);
+    sharing_sql::grant(&su, &grant(&tables)).await.unwrap();
+    consumer(&pg)
+        .await
+        .expect("the application database admits the role");
+    for other in ["postgres", "template1"] {
+        let refused = login_refused(sql::connect(&pg.target(ROLE, ROLE_PASSWORD), other).await);
+        assert!(refused.contains("pg_hba.conf"), "{other}: {refused}");
+    }
+    let attributes = su
+        .query_one(
+            "SELECT rolsuper, rolreplication, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = $1",
+            &[&ROLE],
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert!(
+            !attributes.get::<_, bool>(i),
+            "attribute {i} of the grant's role"
+        );
+    }
+    let c = consumer(&pg).await.unwrap();
+    for attack in [
+        "SELECT pg_read_file('postgresql.conf')",
+        "SELECT lo_import('/etc/passwd')",
+        "COPY vaccination_records FROM PROGRAM 'id'",
+    ] {
+        let refused = c
+            .batch_execute(attack)
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+        assert_eq!(refused.as_deref(), Some("42501"), "{attack}");
+    }
+}
+
+#[tokio::test]
+async fn a_grant_s_role_expires_in_postgresql_itself_at_valid_until() {
+    let (pg, su) = provider().await;
+    let tables = vaccinations(&["id"]);
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+    let expiring = Grant {
+        valid_until: jiff::Timestamp::from_second(soon.as_second()).unwrap(),
+        ..grant(&tables)
+    };
+    sharing_sql::grant(&su, &expiring).await.unwrap();
+    let expires: i64 = su
+        .query_one(
+            "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = $1",
+            &[&ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expires, soon.as_second());
+    consumer(&pg)
+        .await
+        .expect("before validUntil the role logs in");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // No operator runs here: PostgreSQL alone refuses the login.
+    let refused = login_refused(consumer(&pg).await);
+    assert!(
+        refused.contains("password authentication failed"),
+        "{refused}"
+    );
+    // A later validUntil moves the role's expiry with it.
+    sharing_sql::grant(&su, &grant(&tables)).await.unwrap();
+    consumer(&pg)
+        .await
+        .expect("an extended grant logs in again");
 }
 
 #[tokio::test]

@@ -190,6 +190,8 @@ def check_operator_rbac(docs, namespace, dep):
             ("", "pods/exec"): {"get", "create"},
             ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
         }
+        expected[("sectordb.io", "agencies")] = READ
+        expected[("sectordb.io", "agencies/status")] = {"get", "patch"}
         for r in SECTORDB_RESOURCES:
             expected[("sectordb.io", r)] = READ | {"patch"}
             expected[("sectordb.io", r + "/status")] = {"get", "patch"}
@@ -244,9 +246,10 @@ def check_user_roles(docs, aggregated):
     roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
     want = {
         "sectordb-agency-admin": {"sectordatabases": READ | WRITE,
-                                  "datasharingconnections": READ, "backuppolicies": READ},
-        "sectordb-platform-admin": {r: READ | WRITE for r in SECTORDB_RESOURCES},
-        "sectordb-viewer": {r: READ for r in SECTORDB_RESOURCES},
+                                  "datasharingconnections": READ, "backuppolicies": READ,
+                                  "agencies": set()},
+        "sectordb-platform-admin": {r: READ | WRITE for r in SECTORDB_RESOURCES + ["agencies"]},
+        "sectordb-viewer": {r: READ for r in SECTORDB_RESOURCES + ["agencies"]},
     }
     for name, expected in want.items():
         role = roles.get(name)
@@ -354,7 +357,7 @@ def check_samples(docs, crd_dir):
     for d in docs:
         kinds.setdefault(d["kind"], []).append(d)
     for kind, count in (("Namespace", 2), ("RoleBinding", 2), ("SectorDatabase", 2),
-                        ("DataSharingConnection", 1), ("BackupPolicy", 1)):
+                        ("DataSharingConnection", 1), ("BackupPolicy", 1), ("Agency", 2)):
         if len(kinds.get(kind, [])) != count:
             fail(f"samples: expected {count} {kind}, found {len(kinds.get(kind, []))}")
     for rb in kinds.get("RoleBinding", []):
@@ -379,6 +382,11 @@ def check_samples(docs, crd_dir):
             fail(f"samples: connection {dsc['metadata']['name']}: dataset not declared by the provider")
         if dsc["spec"]["consumer"]["namespace"] not in namespaces:
             fail(f"samples: connection {dsc['metadata']['name']}: consumer namespace not in the samples")
+    # Every sample database is served: its namespace is registered to an Agency with its code.
+    owners = {ns: a["spec"]["code"] for a in kinds.get("Agency", []) for ns in a["spec"]["namespaces"]}
+    for db in kinds.get("SectorDatabase", []):
+        if owners.get(db["metadata"]["namespace"]) != db["spec"]["agency"]["code"]:
+            fail(f"samples: database {db['metadata']['name']}: no Agency with its code owns its namespace")
 
     crds = load_crds(crd_dir) if crd_dir and os.path.isdir(crd_dir) else {}
     if not crds:

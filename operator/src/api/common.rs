@@ -13,10 +13,12 @@ pub const AGENCY_CODE_PATTERN: &str = r"^[0-9A-Z]+(\.[0-9A-Z]+)*$";
 /// PostgreSQL identifiers the operator creates or names: lower case, so they never need quoting.
 pub const SQL_IDENTIFIER_PATTERN: &str = r"^[a-z_][a-z0-9_]{0,62}$";
 
-/// A government agency: a provincial department, a district people's committee, ...
+/// A government agency named in a spec: a provincial department, a district people's committee,
+/// ... The registered agencies themselves are `Agency` objects (see `super::agency`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Agency {
+#[schemars(rename = "Agency")]
+pub struct AgencyRef {
     /// Agency identifier code (mã định danh) in the QCVN 102:2016 form, e.g. `000.00.12.H53`.
     #[schemars(
         length(min = 1, max = 35),

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::Agency;
+use super::common::AgencyRef;
 
 /// A least-privilege, time-bounded, revocable grant. Lives in the provider's namespace.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ pub struct ProviderRef {
 #[serde(rename_all = "camelCase")]
 pub struct Consumer {
     /// The consuming agency.
-    pub agency: Agency,
+    pub agency: AgencyRef,
     /// The consumer's namespace, where the credentials Secret is delivered.
     #[schemars(
         length(min = 1, max = 63),

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Agency, NamespacedName};
+use super::common::{AgencyRef, NamespacedName};
 
 /// What an agency asks for: a PostgreSQL database for its sector, at its approved
 /// information-security level.
@@ -41,7 +41,7 @@ use super::common::{Agency, NamespacedName};
 #[serde(rename_all = "camelCase")]
 pub struct SectorDatabaseSpec {
     /// The agency that owns this database.
-    pub agency: Agency,
+    pub agency: AgencyRef,
     /// The sector (lĩnh vực) the data belongs to.
     pub sector: Sector,
     /// Open (dữ liệu mở), Shared (dùng chung) or Specialized (chuyên ngành) data.

@@ -1,10 +1,12 @@
 //! The `sectordb.io/v1alpha1` API.
 
+pub mod agency;
 pub mod common;
 pub mod connection;
 pub mod database;
 pub mod policy;
 
+pub use agency::{Agency, AgencySpec};
 pub use connection::{DataSharingConnection, DataSharingConnectionSpec};
 pub use database::{SectorDatabase, SectorDatabaseSpec};
 pub use policy::{BackupPolicy, BackupPolicySpec};

@@ -79,7 +79,9 @@ pub struct Listed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Copy(String),
-    Delete(String),
+    /// An object pgBackRest writes once now differs in the primary from the verified copy the
+    /// mirror holds: reported, never copied over the good one.
+    Changed(String),
 }
 
 /// The order pgBackRest's readers need: data first, then each backup's manifest, then the info
@@ -96,26 +98,27 @@ fn rank(key: &str) -> u8 {
     }
 }
 
-/// The copies and deletions that make `mirror` match `primary`. Objects pgBackRest writes once
-/// are copied when missing or of another size; its info files, which it rewrites, also when the
-/// primary's copy is newer. Deletions (expiry on the primary) come last. Pure.
+/// The copies that bring `mirror` up to `primary`. Objects pgBackRest writes once are copied when
+/// missing; one whose size changed in the primary is `Changed`, never replaced. Its info files,
+/// which it rewrites, are copied again when the primary's copy is newer. Nothing is deleted: an
+/// object gone from the primary (expired, or deleted by whoever holds its keys) stays in the
+/// mirror. Pure.
 pub fn plan(primary: &BTreeMap<String, Listed>, mirror: &BTreeMap<String, Listed>) -> Vec<Op> {
-    let mut copies: Vec<&String> = primary
+    let mut ops: Vec<Op> = primary
         .iter()
-        .filter(|(key, p)| match mirror.get(*key) {
-            None => true,
-            Some(m) => m.size != p.size || (rank(key) == 2 && p.modified > m.modified),
+        .filter_map(|(key, p)| match mirror.get(key) {
+            None => Some(Op::Copy(key.clone())),
+            Some(m) if rank(key) == 2 && (m.size != p.size || p.modified > m.modified) => {
+                Some(Op::Copy(key.clone()))
+            }
+            Some(m) if rank(key) < 2 && m.size != p.size => Some(Op::Changed(key.clone())),
+            Some(_) => None,
         })
-        .map(|(key, _)| key)
         .collect();
-    copies.sort_by_key(|key| (rank(key), *key));
-    let mut ops: Vec<Op> = copies.into_iter().map(|k| Op::Copy(k.clone())).collect();
-    ops.extend(
-        mirror
-            .keys()
-            .filter(|key| !primary.contains_key(*key))
-            .map(|key| Op::Delete(key.clone())),
-    );
+    ops.sort_by_key(|op| match op {
+        Op::Copy(key) => (rank(key), key.clone()),
+        Op::Changed(key) => (3, key.clone()),
+    });
     ops
 }
 
@@ -178,48 +181,35 @@ async fn copy(primary: &Bucket, mirror: &Bucket, key: &str) -> Result<u64, Strin
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pass {
     pub copied: usize,
-    pub deleted: usize,
     pub bytes: u64,
+    /// Objects that changed in the primary after they were mirrored (see `Op::Changed`).
+    pub changed: Vec<String>,
 }
 
-/// One pass that makes `mirror` match `primary`; data objects four at a time, manifests and
+/// One pass that brings `mirror` up to `primary`; data objects four at a time, manifests and
 /// info files after them in order. An interrupted pass leaves a mirror the next pass completes.
 pub async fn sync(primary: &Bucket, mirror: &Bucket) -> Result<Pass, String> {
     let (source, target) = tokio::try_join!(primary.list(), mirror.list())?;
-    let ops = plan(&source, &target);
     let mut pass = Pass::default();
-    let (data, rest): (Vec<&Op>, Vec<&Op>) = ops
-        .iter()
-        .partition(|op| matches!(op, Op::Copy(key) if rank(key) == 0));
-    let keys: Vec<String> = data
-        .into_iter()
-        .filter_map(|op| match op {
-            Op::Copy(key) => Some(key.clone()),
-            Op::Delete(_) => None,
-        })
-        .collect();
-    let sizes: Vec<u64> = futures::stream::iter(keys)
+    let mut data = Vec::new();
+    let mut rest = Vec::new();
+    for op in plan(&source, &target) {
+        match op {
+            Op::Copy(key) if rank(&key) == 0 => data.push(key),
+            Op::Copy(key) => rest.push(key),
+            Op::Changed(key) => pass.changed.push(key),
+        }
+    }
+    let sizes: Vec<u64> = futures::stream::iter(data)
         .map(|key| async move { copy(primary, mirror, &key).await })
         .buffer_unordered(4)
         .try_collect()
         .await?;
     pass.copied += sizes.len();
     pass.bytes += sizes.iter().sum::<u64>();
-    for op in rest {
-        match op {
-            Op::Copy(key) => {
-                pass.bytes += copy(primary, mirror, key).await?;
-                pass.copied += 1;
-            }
-            Op::Delete(key) => {
-                mirror
-                    .store
-                    .delete(&mirror.path(key))
-                    .await
-                    .map_err(|e| format!("deleting {key}: {e}"))?;
-                pass.deleted += 1;
-            }
-        }
+    for key in rest {
+        pass.bytes += copy(primary, mirror, &key).await?;
+        pass.copied += 1;
     }
     Ok(pass)
 }
@@ -244,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn data_comes_before_manifests_and_info_files_and_deletions_come_last() {
+    fn data_comes_before_manifests_and_info_files_and_nothing_is_deleted() {
         let primary = listed(&[
             ("backup/s/backup.info", 10, 5),
             ("backup/s/L/backup.manifest", 10, 5),
@@ -259,8 +249,11 @@ mod tests {
                 Op::Copy("backup/s/L/pg_data/base/1.lz4".into()),
                 Op::Copy("backup/s/L/backup.manifest".into()),
                 Op::Copy("backup/s/backup.info".into()),
-                Op::Delete("backup/s/OLD/backup.manifest".into()),
             ]
+        );
+        assert!(
+            plan(&BTreeMap::new(), &mirror).is_empty(),
+            "a primary emptied by anyone deletes nothing"
         );
     }
 
@@ -274,7 +267,18 @@ mod tests {
             plan(&primary, &stale_info),
             [Op::Copy("backup/s/backup.info".into())]
         );
-        let torn = listed(&[("a/seg", 3, 2), ("backup/s/backup.info", 10, 9)]);
-        assert_eq!(plan(&primary, &torn), [Op::Copy("a/seg".into())]);
+    }
+
+    #[test]
+    fn an_object_changed_in_the_primary_is_reported_and_the_mirrored_copy_kept() {
+        let primary = listed(&[("a/seg", 5, 9), ("backup/s/L/backup.manifest", 7, 9)]);
+        let mirrored = listed(&[("a/seg", 3, 2), ("backup/s/L/backup.manifest", 10, 2)]);
+        assert_eq!(
+            plan(&primary, &mirrored),
+            [
+                Op::Changed("a/seg".into()),
+                Op::Changed("backup/s/L/backup.manifest".into())
+            ]
+        );
     }
 }

@@ -221,7 +221,12 @@ pub async fn prepare(
         )));
     }
     let Some(policy) = policies.pop() else {
-        if own.get_opt(&n.backup).await?.is_some() {
+        let uid = db.uid().unwrap_or_default();
+        if own
+            .get_opt(&n.backup)
+            .await?
+            .is_some_and(|s| crate::apply::owned_by(&s, &uid))
+        {
             own.delete(&n.backup, &DeleteParams::default()).await?;
             ctx.metrics.write(CONTROLLER_DATABASE, "Secret");
         }

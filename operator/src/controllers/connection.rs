@@ -29,7 +29,7 @@ use crate::api::{DataSharingConnection, SectorDatabase};
 use crate::conditions::{Want, settle, status_of};
 use crate::pgconf::{PORT, TLS_DIR};
 use crate::sharing_sql::{self, GrantedTable};
-use crate::{dataplane, pki, replication_sql, sharing, sql, validate};
+use crate::{dataplane, pki, replication_sql, sharing, sql, tenancy, validate};
 
 pub const CONTROLLER: &str = "connection";
 const FINALIZER: &str = "sectordb.io/connection";
@@ -40,6 +40,8 @@ pub struct Facts<'a> {
     /// Replicate mode: the consumer's SectorDatabase named by `spec.replicateInto`.
     pub target: Option<&'a SectorDatabase>,
     pub consumer_namespace_exists: bool,
+    /// Why the register forbids delivering into the consumer namespace, if it does.
+    pub consumer_refusal: Option<String>,
     pub now: &'a Time,
 }
 
@@ -107,6 +109,9 @@ pub fn decide(conn: &DataSharingConnection, facts: &Facts) -> Decision {
             ),
         );
     };
+    if let Some(why) = &facts.consumer_refusal {
+        return deny(ConnectionPhase::Denied, "ConsumerNotAllowed", why.clone());
+    }
     if !facts.consumer_namespace_exists {
         return deny(
             ConnectionPhase::Denied,
@@ -447,6 +452,21 @@ async fn deliver_secret(
         Api::namespaced(ctx.client.clone(), &conn.spec.consumer.namespace);
     let name = sharing::secret_name(conn);
     let existing = consumer_secrets.get_opt(&name).await?;
+    // A Secret of that name the operator did not deliver for this connection is neither read nor
+    // overwritten, and no role is made for it.
+    let uid = conn.uid().unwrap_or_default();
+    if existing
+        .as_ref()
+        .is_some_and(|s| s.labels().get(sharing::CONNECTION_UID_LABEL) != Some(&uid))
+    {
+        return Ok(Err(failed(
+            "NameConflict",
+            format!(
+                "spec.consumer.secretName: Secret {name:?} already exists in namespace {:?} and was not delivered for this connection; name another",
+                conn.spec.consumer.namespace
+            ),
+        )));
+    }
     let known = secret_value(existing.as_ref(), "password");
     let password = known.clone().unwrap_or_else(|| pki::password(32));
     let grant = sharing_sql::Grant {
@@ -457,6 +477,7 @@ async fn deliver_secret(
         tables,
         set_password: known.is_none(),
         replication: false,
+        valid_until: conn.spec.valid_until.0,
     };
     if let Err(error) = sharing_sql::grant(session, &grant).await {
         return Ok(Err(failed(
@@ -536,6 +557,7 @@ async fn replicate(
             tables,
             set_password: !subscribed,
             replication: true,
+            valid_until: conn.spec.valid_until.0,
         };
         sharing_sql::grant(session, &grant).await?;
         replication_sql::publish(session, role, &sources).await?;
@@ -650,17 +672,14 @@ async fn revoke_access(
     }
     let policies: Api<NetworkPolicy> =
         Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let hole = sharing::network_policy_name(conn);
+    let uid = conn.uid().unwrap_or_default();
     if policies
-        .get_opt(&format!("dsc-{}", conn.name_any()))
+        .get_opt(&hole)
         .await?
-        .is_some()
+        .is_some_and(|p| crate::apply::owned_by(&p, &uid))
     {
-        policies
-            .delete(
-                &format!("dsc-{}", conn.name_any()),
-                &DeleteParams::default(),
-            )
-            .await?;
+        policies.delete(&hole, &DeleteParams::default()).await?;
         ctx.metrics.write(CONTROLLER, "NetworkPolicy");
     }
     Ok(())
@@ -711,11 +730,19 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
         .await?
         .is_some();
     let target = read_database(ctx, wanted_target(&conn)).await?;
+    let agencies = super::agencies(ctx).await?;
+    let consumer_refusal = tenancy::consumer_refusal(
+        &agencies,
+        &conn.spec.consumer.namespace,
+        &conn.spec.consumer.agency.code,
+        &ctx.namespace,
+    );
     let now = now();
     let facts = Facts {
         provider: provider.as_ref(),
         target: target.as_ref(),
         consumer_namespace_exists,
+        consumer_refusal,
         now: &now,
     };
     let decision = decide(&conn, &facts);
@@ -898,6 +925,7 @@ mod tests {
                 provider,
                 target,
                 consumer_namespace_exists: ns,
+                consumer_refusal: None,
                 now: &now,
             },
         ) {
@@ -917,6 +945,32 @@ mod tests {
             ),
             (ConnectionPhase::Denied, "DatasetNotDeclared")
         );
+    }
+
+    #[test]
+    fn a_consumer_namespace_the_register_refuses_is_denied_before_anything_else() {
+        let p = provider(vaccinations(), true);
+        let now = at("2026-11-23T00:00:00Z");
+        let decision = decide(
+            &conn("2027-01-01T00:00:00Z", false, "ReadOnly"),
+            &Facts {
+                provider: Some(&p),
+                target: None,
+                consumer_namespace_exists: true,
+                consumer_refusal: Some(
+                    "spec.consumer.namespace: \"kube-system\" is a system namespace".into(),
+                ),
+                now: &now,
+            },
+        );
+        assert!(matches!(
+            decision,
+            Decision::Deny {
+                phase: ConnectionPhase::Denied,
+                reason: "ConsumerNotAllowed",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -1013,6 +1067,7 @@ mod tests {
                 provider: None,
                 target: None,
                 consumer_namespace_exists: true,
+                consumer_refusal: None,
                 now: &now,
             },
         );

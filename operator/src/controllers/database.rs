@@ -28,13 +28,13 @@ use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, RestoreState,
     SecretNames, SectorDatabaseStatus,
 };
-use crate::api::{BackupPolicy, SectorDatabase};
+use crate::api::{Agency, BackupPolicy, SectorDatabase};
 use crate::conditions::{Want, settle};
 use crate::dataplane::{self, Names, Settings};
 use crate::pgconf::PORT;
 use crate::pki;
 use crate::profile::{Observed, SecurityProfile};
-use crate::{quantity, sql, validate};
+use crate::{quantity, sql, tenancy, validate};
 
 pub const CONTROLLER: &str = "database";
 const FINALIZER: &str = "sectordb.io/database";
@@ -57,8 +57,9 @@ pub struct Provisioned {
     /// The backup step's findings; `None` when PostgreSQL could not be asked (the BackedUp
     /// condition then stays as it was).
     pub backup: Option<backups::Outcome>,
-    /// Why a database that starts from a backup cannot be created yet.
-    pub restore_blocked: Option<String>,
+    /// Why the database cannot be created yet (its restore source, a name taken), as a
+    /// condition reason and message.
+    pub blocked: Option<(&'static str, String)>,
     /// The restore this reconcile completed.
     pub restored: Option<RestoreState>,
 }
@@ -68,6 +69,7 @@ pub struct Provisioned {
 pub fn desired_status(
     db: &SectorDatabase,
     profile: &SecurityProfile,
+    agencies: &[Agency],
     provisioned: Option<&Provisioned>,
     now: &Time,
 ) -> SectorDatabaseStatus {
@@ -76,7 +78,13 @@ pub fn desired_status(
     let observed = provisioned
         .and_then(|p| p.sql.clone()?.ok())
         .unwrap_or_default();
-    let compliance = profile.evaluate(&db.spec, &observed);
+    // Judged at the level the Agency approved when the spec asks for less, so lowering the level
+    // never makes a database look compliant.
+    let floor = tenancy::owner(agencies, &db.namespace().unwrap_or_default())
+        .map_or(1, |a| a.spec.approved_level(&db.name_any()));
+    let mut judged = db.spec.clone();
+    judged.security_level = judged.security_level.max(floor);
+    let compliance = profile.evaluate(&judged, &observed);
     let unmet: Vec<&str> = compliance
         .findings
         .iter()
@@ -88,7 +96,7 @@ pub fn desired_status(
             "Compliant",
             true,
             "ProfileSatisfied",
-            format!("every rule of level {} is met", db.spec.security_level),
+            format!("every rule of level {} is met", judged.security_level),
         )
     } else {
         Want::new(
@@ -103,10 +111,7 @@ pub fn desired_status(
         Some(DatabasePhase::Ready | DatabasePhase::Degraded)
     );
     let n = dataplane::names(&db.name_any());
-    let (phase, wanted, pinned) = match (
-        validate::database(&db.spec, previous.pinned.as_ref()),
-        provisioned,
-    ) {
+    let (phase, wanted, pinned) = match (admit(db, agencies), provisioned) {
         (Err(violations), _) => {
             let message = validate::describe(&violations);
             let phase = if was_ready {
@@ -141,19 +146,14 @@ pub fn desired_status(
         (
             Ok(()),
             Some(Provisioned {
-                restore_blocked: Some(why),
+                blocked: Some((reason, why)),
                 ..
             }),
         ) => (
             DatabasePhase::Pending,
             vec![
-                Want::new("Ready", false, "RestoreSourceUnavailable", why.clone()),
-                Want::new(
-                    "Progressing",
-                    false,
-                    "RestoreSourceUnavailable",
-                    why.clone(),
-                ),
+                Want::new("Ready", false, reason, why.clone()),
+                Want::new("Progressing", false, reason, why.clone()),
                 compliant,
             ],
             Some(pin(db, previous.pinned.as_ref())),
@@ -286,6 +286,20 @@ pub fn desired_status(
         compliance: Some(compliance),
         pinned,
     }
+}
+
+/// Every rule a spec must meet before anything is applied: the schema's and the CEL rules (again,
+/// for apiservers that skip them), and the Agency register's.
+pub fn admit(db: &SectorDatabase, agencies: &[Agency]) -> Result<(), Vec<validate::Violation>> {
+    let pinned = db.status.as_ref().and_then(|s| s.pinned.as_ref());
+    let mut found = validate::database(&db.spec, pinned)
+        .err()
+        .unwrap_or_default();
+    let namespace = db.namespace().unwrap_or_default();
+    if let Err(more) = tenancy::admit_database(agencies, &namespace, &db.name_any(), &db.spec) {
+        found.extend(more);
+    }
+    if found.is_empty() { Ok(()) } else { Err(found) }
 }
 
 /// The immutable values of a valid spec; the storage size only ever moves up.
@@ -444,7 +458,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     if let Err(why) = restore::prepare(ctx, db).await? {
         return Ok(Provisioned {
             endpoint: Some(endpoint(&n.read_write)),
-            restore_blocked: Some(why),
+            blocked: Some(("RestoreSourceUnavailable", why)),
             ..Provisioned::default()
         });
     }
@@ -548,7 +562,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         sql,
         warnings,
         backup,
-        restore_blocked: None,
+        blocked: None,
         restored,
     })
 }
@@ -670,9 +684,16 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
     let ctx = &*ctx;
     let api: Api<SectorDatabase> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let pinned = db.status.as_ref().and_then(|s| s.pinned.as_ref());
-    let provisioned = match validate::database(&db.spec, pinned) {
-        Ok(()) => Some(provision(&db, ctx).await?),
+    let agencies = super::agencies(ctx).await?;
+    let provisioned = match admit(&db, &agencies) {
+        // A name held by someone else's object stops the database before anything is overwritten.
+        Ok(()) => match provision(&db, ctx).await {
+            Err(super::Error::NameTaken(why)) => Some(Provisioned {
+                blocked: Some(("NameConflict", why)),
+                ..Provisioned::default()
+            }),
+            provisioned => Some(provisioned?),
+        },
         Err(_) => None,
     };
     for warning in provisioned.iter().flat_map(|p| &p.warnings) {
@@ -683,7 +704,7 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
         event(ctx, &*db, warning, reason, message).await;
     }
     let retry = backup.and_then(|b| b.retry_in);
-    let status = desired_status(&db, &ctx.profile, provisioned.as_ref(), &now());
+    let status = desired_status(&db, &ctx.profile, &agencies, provisioned.as_ref(), &now());
     write_status(ctx, CONTROLLER, &api, &db, &status).await?;
     if let Some(state) = &status.backup {
         let namespace = db.namespace().unwrap_or_default();
@@ -724,6 +745,7 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
         .await?
         .iter()
         .map(|p| p.name_any())
+        .filter(|name| dataplane::is_volume_of(&db.name_any(), name))
         .collect();
     match db.spec.deletion_policy {
         DeletionPolicy::Retain => {
@@ -812,6 +834,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let databases = controller.store();
     // A policy's change may change which policy covers any database.
     let policies: Api<DeserializeGuard<BackupPolicy>> = Api::all(ctx.client.clone());
+    // Registering, changing or removing an Agency changes what its namespaces may run.
+    let agencies: Api<DeserializeGuard<Agency>> = Api::all(ctx.client.clone());
+    let in_namespaces = controller.store();
     controller
         .owns(
             statefulsets,
@@ -821,6 +846,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             databases
                 .state()
                 .into_iter()
+                .map(|db| ObjectRef::from_obj(&*db))
+                .collect::<Vec<_>>()
+        })
+        .watches(agencies, watcher::Config::default(), move |agency| {
+            let namespaces = agency
+                .0
+                .as_ref()
+                .map(|a| a.spec.namespaces.clone())
+                .unwrap_or_default();
+            in_namespaces
+                .state()
+                .into_iter()
+                .filter(|db| db.namespace().is_some_and(|ns| namespaces.contains(&ns)))
                 .map(|db| ObjectRef::from_obj(&*db))
                 .collect::<Vec<_>>()
         })
@@ -861,6 +899,40 @@ mod tests {
         })
     }
 
+    /// The Agency that owns the test databases' namespace.
+    fn register() -> Vec<Agency> {
+        vec![serde_json::from_value(serde_json::json!({
+            "apiVersion": "sectordb.io/v1alpha1", "kind": "Agency", "metadata": {"name": "a"},
+            "spec": {"code": "H53", "name": "x", "namespaces": ["n"], "approvedLevels": {"default": 3}}
+        }))
+        .unwrap()]
+    }
+
+    #[test]
+    fn a_database_outside_the_register_or_below_its_approved_level_is_invalid() {
+        let mut lowered = spec("health", "1Gi", 1);
+        lowered["securityLevel"] = serde_json::json!(1);
+        let status = status_of(
+            &db(lowered, None),
+            Some(&provisioned(1, Some(Ok(observed())))),
+        );
+        assert_eq!(ready(&status), ("False", "InvalidSpec"));
+        assert!(
+            status.conditions[0].message.contains("spec.securityLevel"),
+            "{}",
+            status.conditions[0].message
+        );
+        let elsewhere = desired_status(
+            &db(spec("health", "1Gi", 1), None),
+            &SecurityProfile::default(),
+            &[],
+            None,
+            &now(),
+        );
+        assert_eq!(ready(&elsewhere), ("False", "InvalidSpec"));
+        assert!(elsewhere.conditions[0].message.contains("not registered"));
+    }
+
     fn ready(status: &SectorDatabaseStatus) -> (&str, &str) {
         let c = status
             .conditions
@@ -882,7 +954,7 @@ mod tests {
     }
 
     fn status_of(db: &SectorDatabase, p: Option<&Provisioned>) -> SectorDatabaseStatus {
-        desired_status(db, &SecurityProfile::default(), p, &now())
+        desired_status(db, &SecurityProfile::default(), &register(), p, &now())
     }
 
     fn observed() -> Observed {
@@ -982,6 +1054,7 @@ mod tests {
         let first = desired_status(
             &db(spec("health", "1Gi", 1), None),
             &SecurityProfile::default(),
+            &register(),
             Some(&p),
             &t0,
         );
@@ -992,7 +1065,13 @@ mod tests {
         );
         assert_eq!(
             first,
-            desired_status(&stored, &SecurityProfile::default(), Some(&p), &again_at)
+            desired_status(
+                &stored,
+                &SecurityProfile::default(),
+                &register(),
+                Some(&p),
+                &again_at
+            )
         );
     }
 
@@ -1013,7 +1092,10 @@ mod tests {
     #[test]
     fn a_restore_that_cannot_start_is_pending_with_the_reason_and_never_ready() {
         let blocked = Provisioned {
-            restore_blocked: Some("spec.bootstrap.fromBackup.targetTime is outside".into()),
+            blocked: Some((
+                "RestoreSourceUnavailable",
+                "spec.bootstrap.fromBackup.targetTime is outside".into(),
+            )),
             ..Provisioned::default()
         };
         let status = status_of(&db(spec("d", "1Gi", 1), None), Some(&blocked));

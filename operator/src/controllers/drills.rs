@@ -100,13 +100,13 @@ pub async fn run(
         image_pull_policy: &ctx.postgres_image_pull_policy,
         operator_namespace: &ctx.namespace,
     };
-    remove(&pods, &n.drill).await?;
+    remove(&pods, &n.drill, &db.uid().unwrap_or_default()).await?;
     pods.create(&PostParams::default(), &dataplane::drill_pod(db, &settings))
         .await?;
     ctx.metrics.write(CONTROLLER, "Pod");
     let checked = check(&pods, &n.drill, db, stanza, &label, &counts).await;
     // The scratch pod goes whatever happened, also when the apiserver failed a check's call.
-    remove(&pods, &n.drill).await?;
+    remove(&pods, &n.drill, &db.uid().unwrap_or_default()).await?;
     let (succeeded, restore_seconds, message) = match checked? {
         Ok((seconds, message)) => (true, seconds, message),
         Err((seconds, message)) => (false, seconds, message),
@@ -120,14 +120,21 @@ pub async fn run(
     }))
 }
 
-/// Deletes the scratch pod and waits until it is gone, so the next drill starts clean.
-async fn remove(pods: &Api<Pod>, name: &str) -> Result<()> {
+/// Deletes the scratch pod and waits until it is gone, so the next drill starts clean. A pod of
+/// that name the operator did not make for this database is left alone, and the drill fails.
+async fn remove(pods: &Api<Pod>, name: &str, owner_uid: &str) -> Result<()> {
     let gone = DeleteParams {
         grace_period_seconds: Some(0),
         ..DeleteParams::default()
     };
-    if pods.get_opt(name).await?.is_none() {
-        return Ok(());
+    match pods.get_opt(name).await? {
+        None => return Ok(()),
+        Some(pod) if !crate::apply::owned_by(&pod, owner_uid) => {
+            return Err(super::Error::NameTaken(format!(
+                "Pod {name:?} already exists and was not created by sectordb for this database; the restore drill needs that name"
+            )));
+        }
+        Some(_) => {}
     }
     let _ = pods.delete(name, &gone).await;
     for _ in 0..60 {

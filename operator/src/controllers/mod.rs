@@ -1,6 +1,7 @@
 //! The three controllers and what they share: the context, the error type, status writes and
 //! Events.
 
+pub mod agency;
 pub mod backups;
 pub mod ca;
 pub mod connection;
@@ -61,6 +62,18 @@ pub enum Error {
     Sql(String),
     #[error("backup: {0}")]
     Backup(String),
+    /// A child's name is held by an object the operator did not create for this owner.
+    #[error("{0}")]
+    NameTaken(String),
+}
+
+impl From<crate::apply::Error> for Error {
+    fn from(error: crate::apply::Error) -> Self {
+        match error {
+            crate::apply::Error::Kube(e) => Error::Kube(e),
+            taken @ crate::apply::Error::Taken { .. } => Error::NameTaken(taken.to_string()),
+        }
+    }
 }
 
 impl Error {
@@ -72,6 +85,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::Sql(_) => "SqlError",
             Error::Backup(_) => "BackupError",
+            Error::NameTaken(_) => "NameConflict",
         }
     }
 }
@@ -130,6 +144,14 @@ fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     }
+}
+
+/// The platform authority's Agency register. An entry that does not decode registers nothing,
+/// so it cannot stop every database's reconcile.
+pub async fn agencies(ctx: &Context) -> Result<Vec<crate::api::Agency>> {
+    let api: Api<DeserializeGuard<crate::api::Agency>> = Api::all(ctx.client.clone());
+    let listed = api.list(&kube::api::ListParams::default()).await?;
+    Ok(listed.items.into_iter().filter_map(|a| a.0.ok()).collect())
 }
 
 /// A Secret's value as text; `None` when the Secret, the key or valid UTF-8 is missing.

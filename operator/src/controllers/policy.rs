@@ -264,13 +264,27 @@ async fn pass(
     };
     let started = std::time::Instant::now();
     let done = mirror::sync(&open(primary, from)?, &open(mirror, to)?).await?;
-    if done.copied + done.deleted > 0 {
+    if done.copied > 0 {
         tracing::info!(
-            mirror = %mirror.name, copied = done.copied, deleted = done.deleted, bytes = done.bytes,
+            mirror = %mirror.name, copied = done.copied, bytes = done.bytes,
             elapsed_ms = started.elapsed().as_millis() as u64, "mirror pass"
         );
     }
-    Ok(())
+    // The mirror is not in step with a primary whose written-once objects changed: it keeps the
+    // verified copies, and the lag grows until someone looks.
+    match done.changed.as_slice() {
+        [] => Ok(()),
+        changed => Err(format!(
+            "{} objects changed in the primary repository after they were mirrored; the mirror keeps its verified copies: {}",
+            changed.len(),
+            changed
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// The Secrets and keys a policy names that `present` (name -> keys) lacks.

@@ -11,10 +11,11 @@ use kube::{Api, ResourceExt};
 use super::backups::{self, repository_config};
 use super::database::CONTROLLER;
 use super::{Context, Result, apply_child, secret_value};
+use crate::api::common::NamespacedName;
 use crate::api::database::RestoreState;
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::{exec, pgbackrest};
-use crate::{dataplane, pgconf, sql};
+use crate::{dataplane, pgconf, sql, tenancy};
 
 /// Writes `<db>-restore` (the source's repository, stanza and recovery target) unless it is
 /// there already. `Err` says why the restore cannot start; the database is then
@@ -31,10 +32,25 @@ pub async fn prepare(
     let name = dataplane::names(&db.name_any()).restore;
     // Once written, the restore has begun (or is done): the source is not judged again, and a
     // restored database no longer depends on its source existing.
-    if secrets.get_opt(&name).await?.is_some() {
+    let uid = db.uid().unwrap_or_default();
+    if secrets
+        .get_opt(&name)
+        .await?
+        .is_some_and(|s| crate::apply::owned_by(&s, &uid))
+    {
         return Ok(Ok(()));
     }
     let from = &bootstrap.from_backup;
+    // Judged before anything of the source is looked up, so a refusal says nothing about it.
+    let target = NamespacedName {
+        namespace: db.namespace().unwrap_or_default(),
+        name: db.name_any(),
+    };
+    if !tenancy::restore_allowed(&super::agencies(ctx).await?, &target, &from.database) {
+        return Ok(Err(
+            "spec.bootstrap.fromBackup.database: a database restores only from databases of its own namespace, unless the platform authority lists the pair in the Agency's spec.restoreSources".into(),
+        ));
+    }
     let Some(policy) = Api::<BackupPolicy>::all(ctx.client.clone())
         .get_opt(&from.policy)
         .await?

@@ -1,0 +1,437 @@
+//! Tenant isolation, attacked with a tenant's real powers: objects of its own namespace named like
+//! the operator's children, its own SectorDatabase's fields, and a platform admin's mistaken
+//! connection. Each test asserts that the attack fails and that nothing of another tenant leaks.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use sectordb::api::connection::ConnectionPhase;
+use sectordb::api::{DataSharingConnection, SectorDatabase};
+use sectordb_e2e::sharing::{agencies, connection, phase};
+use sectordb_e2e::{
+    HEALTH_CODE, LABOUR_CODE, TestNamespace, client, connect_with, database, is_ready,
+    ready_reason, register, secret_text, wait_for,
+};
+use serde_json::json;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Waits until the database reports Ready=False with `reason` for its current generation, and
+/// returns the message.
+async fn refused(api: &Api<SectorDatabase>, name: &str, reason: &str) -> Result<String> {
+    let db = wait_for(api, name, SETTLE, reason, |db| {
+        sectordb_e2e::observed_current(db)
+            && ready_reason(db).is_some_and(|r| r.0 == "False" && r.1 == reason)
+    })
+    .await?
+    .context("database vanished")?;
+    Ok(ready_reason(Some(&db)).map(|r| r.2).unwrap_or_default())
+}
+
+fn secret(name: &str, value: &str) -> Result<Secret> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name}, "stringData": {"password": value}
+    }))?)
+}
+
+fn data(secret: &Secret) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()?
+        .get("password")
+        .map(|b: &ByteString| b.0.clone())
+}
+
+#[tokio::test]
+async fn names_the_agency_already_uses_are_never_taken_over() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "names").await?;
+    // The agency's own NetworkPolicy, open to everyone, named as a database will be.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let open: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "victim"},
+        "spec": {"podSelector": {}, "ingress": [{}], "policyTypes": ["Ingress"]}
+    }))?;
+    policies.create(&PostParams::default(), &open).await?;
+    // ...and its own Secret named as another database's app Secret will be.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("taken-app", "the agency's own")?,
+        )
+        .await?;
+
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["victim", "taken"] {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(database(name, 2))?,
+        )
+        .await?;
+    }
+    let message = refused(&api, "victim", "NameConflict").await?;
+    assert!(message.contains("NetworkPolicy \"victim\""), "{message}");
+    let message = refused(&api, "taken", "NameConflict").await?;
+    assert!(message.contains("Secret \"taken-app\""), "{message}");
+
+    let kept = policies.get("victim").await?;
+    assert!(
+        kept.owner_references().is_empty(),
+        "the policy was taken over"
+    );
+    assert_eq!(
+        kept.spec.context("no spec")?.ingress,
+        open.spec.context("no spec")?.ingress
+    );
+    assert_eq!(
+        data(&secrets.get("taken-app").await?).as_deref(),
+        Some("the agency's own".as_bytes())
+    );
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["victim", "taken"] {
+        assert!(
+            statefulsets.get_opt(name).await?.is_none(),
+            "{name}: a server started"
+        );
+    }
+
+    // Deleting the databases (deletionPolicy Delete) leaves the agency's objects alone.
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_for(&api, "victim", SETTLE, "victim deleted", |db| db.is_none()).await?;
+    wait_for(&api, "taken", SETTLE, "taken deleted", |db| db.is_none()).await?;
+    assert!(
+        policies.get_opt("victim").await?.is_some(),
+        "the agency's policy was deleted"
+    );
+    assert!(
+        secrets.get_opt("taken-app").await?.is_some(),
+        "the agency's Secret was deleted"
+    );
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_database_outside_the_register_or_below_its_approved_level_is_refused() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "levels").await?;
+    register(
+        &client,
+        &ns.name,
+        HEALTH_CODE,
+        &[&ns.name],
+        json!({"default": 2, "strict": 3}),
+    )
+    .await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+
+    let mut cases = vec![
+        ("strict", database("strict", 2), "spec.securityLevel"),
+        ("low", database("low", 1), "spec.securityLevel"),
+    ];
+    let mut foreign = database("foreign", 2);
+    foreign["spec"]["agency"]["code"] = json!(LABOUR_CODE);
+    cases.push(("foreign", foreign, "spec.agency.code"));
+    for (name, manifest, _) in &cases {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(manifest.clone())?,
+        )
+        .await
+        .with_context(|| format!("creating {name}"))?;
+    }
+    for (name, _, field) in &cases {
+        let message = refused(&api, name, "InvalidSpec").await?;
+        assert!(message.contains(field), "{name}: {message}");
+    }
+
+    // A served database cannot lower itself below its approved level either: it keeps running
+    // as it was, reported Degraded and InvalidSpec.
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("served", 2))?,
+    )
+    .await?;
+    wait_for(
+        &api,
+        "served",
+        Duration::from_secs(180),
+        "served Ready",
+        is_ready,
+    )
+    .await?;
+    let lower = json!({"spec": {"securityLevel": 1}});
+    api.patch("served", &PatchParams::default(), &Patch::Merge(&lower))
+        .await?;
+    let message = refused(&api, "served", "InvalidSpec").await?;
+    assert!(message.contains("spec.securityLevel"), "{message}");
+    // Compliance is judged at the approved level, not the one asked for.
+    let status = api.get("served").await?.status.context("no status")?;
+    let compliant = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .context("no Compliant")?;
+    assert_eq!(compliant.status, "False", "{}", compliant.message);
+    assert_eq!(status.compliance.map(|c| c.level), Some(2));
+    assert_eq!(
+        status.phase,
+        Some(sectordb::api::database::DatabasePhase::Degraded)
+    );
+
+    // A namespace no Agency lists runs nothing.
+    let bare = format!("{}-bare", ns.name);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": bare, "labels": {"sectordb.io/e2e": "true"}}}),
+            )?,
+        )
+        .await?;
+    let elsewhere: Api<SectorDatabase> = Api::namespaced(client.clone(), &bare);
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(database("stray", 2))?,
+        )
+        .await?;
+    let message = refused(&elsewhere, "stray", "InvalidSpec").await?;
+    assert!(
+        message.contains("not registered to any Agency"),
+        "{message}"
+    );
+    assert!(
+        Api::<StatefulSet>::namespaced(client.clone(), &bare)
+            .get_opt("stray")
+            .await?
+            .is_none()
+    );
+    elsewhere.delete("stray", &DeleteParams::default()).await?;
+    wait_for(&elsewhere, "stray", SETTLE, "stray deleted", |db| {
+        db.is_none()
+    })
+    .await?;
+    namespaces.delete(&bare, &DeleteParams::default()).await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_restore_from_another_agency_s_database_is_refused_and_says_nothing_of_it() -> Result<()>
+{
+    let client = client().await?;
+    let victim = TestNamespace::create_for(&client, "victim", LABOUR_CODE).await?;
+    let victims: Api<SectorDatabase> = Api::namespaced(client.clone(), &victim.name);
+    victims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(database("payroll", 1))?,
+        )
+        .await?;
+    let attacker = TestNamespace::create(&client, "thief").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &attacker.name);
+    // One source exists, one does not: the answers must be the same, so neither is an oracle.
+    for (name, source) in [("copy", "payroll"), ("guess", "no-such-database")] {
+        let mut copy = database(name, 2);
+        copy["spec"]["bootstrap"] = json!({"fromBackup": {
+            "policy": "any-policy", "database": {"namespace": victim.name, "name": source}}});
+        api.create(&PostParams::default(), &serde_json::from_value(copy)?)
+            .await?;
+    }
+    let first = refused(&api, "copy", "RestoreSourceUnavailable").await?;
+    let second = refused(&api, "guess", "RestoreSourceUnavailable").await?;
+    assert_eq!(first, second);
+    assert!(first.contains("own namespace"), "{first}");
+    let events = Api::<Event>::namespaced(client.clone(), &attacker.name)
+        .list(&ListParams::default())
+        .await?;
+    let mut said: Vec<String> = events.iter().filter_map(|e| e.note.clone()).collect();
+    said.push(first);
+    for text in &said {
+        assert!(
+            !text.contains(&victim.name) && !text.contains("payroll"),
+            "leaks the source: {text}"
+        );
+    }
+    assert!(
+        Api::<StatefulSet>::namespaced(client.clone(), &attacker.name)
+            .get_opt("copy")
+            .await?
+            .is_none()
+    );
+    attacker.delete().await?;
+    victim.delete().await
+}
+
+#[tokio::test]
+async fn a_grant_delivers_only_into_its_consumer_agency_s_namespace_and_never_over_a_foreign_secret()
+-> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "deliver").await?;
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    // A Secret the platform admin's mistaken connection points at, in kube-system.
+    let system: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let sentinel = format!("{}-sentinel", a.provider.name);
+    system
+        .create(
+            &PostParams::default(),
+            &secret(&sentinel, "cluster secret")?,
+        )
+        .await?;
+
+    let mut to_system = connection(
+        "to-system",
+        "kube-system",
+        "2027-12-31T00:00:00Z",
+        "vaccinations",
+    )?;
+    to_system.spec.consumer.secret_name = Some(sentinel.clone());
+    let to_operator = connection(
+        "to-operator",
+        sectordb_e2e::OPERATOR_NAMESPACE,
+        "2027-12-31T00:00:00Z",
+        "vaccinations",
+    )?;
+    let mut wrong_code = connection(
+        "wrong-code",
+        &a.consumer.name,
+        "2027-12-31T00:00:00Z",
+        "vaccinations",
+    )?;
+    wrong_code.spec.consumer.agency.code = HEALTH_CODE.into();
+    // The consumer agency's own Secret, named by the connection.
+    let consumer_secrets: Api<Secret> = Api::namespaced(client.clone(), &a.consumer.name);
+    consumer_secrets
+        .create(&PostParams::default(), &secret("theirs", "consumer's own")?)
+        .await?;
+    let mut over_theirs = connection(
+        "over-theirs",
+        &a.consumer.name,
+        "2027-12-31T00:00:00Z",
+        "vaccinations",
+    )?;
+    over_theirs.spec.consumer.secret_name = Some("theirs".into());
+    for conn in [&to_system, &to_operator, &wrong_code, &over_theirs] {
+        api.create(&PostParams::default(), conn).await?;
+    }
+    for (name, reason) in [
+        ("to-system", "ConsumerNotAllowed"),
+        ("to-operator", "ConsumerNotAllowed"),
+        ("wrong-code", "ConsumerNotAllowed"),
+    ] {
+        let conn = wait_for(&api, name, SETTLE, reason, |c| {
+            phase(c) == Some(ConnectionPhase::Denied)
+        })
+        .await?
+        .context("vanished")?;
+        let ready = conn
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .context("no Ready")?;
+        assert_eq!(ready.reason, reason, "{name}: {}", ready.message);
+    }
+    let conflict = wait_for(&api, "over-theirs", SETTLE, "NameConflict", |c| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+        })
+    })
+    .await?
+    .context("vanished")?;
+    assert!(conflict.status.and_then(|s| s.secret_ref).is_none());
+
+    // Deleting every connection (their revocation) deletes nothing that is not theirs.
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    for name in ["to-system", "to-operator", "wrong-code", "over-theirs"] {
+        wait_for(&api, name, SETTLE, "deleted", |c| c.is_none()).await?;
+    }
+    assert_eq!(
+        data(&system.get(&sentinel).await?).as_deref(),
+        Some("cluster secret".as_bytes())
+    );
+    assert_eq!(
+        data(&consumer_secrets.get("theirs").await?).as_deref(),
+        Some("consumer's own".as_bytes())
+    );
+    system.delete(&sentinel, &DeleteParams::default()).await?;
+    a.delete().await
+}
+
+#[tokio::test]
+async fn a_grant_s_role_reaches_only_the_provider_s_application_database_until_valid_until()
+-> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "reach").await?;
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &connection(
+            "vax",
+            &a.consumer.name,
+            "2027-12-31T00:00:00Z",
+            "vaccinations",
+        )?,
+    )
+    .await?;
+    let conn = wait_for(&api, "vax", Duration::from_secs(90), "Active", |c| {
+        phase(c) == Some(ConnectionPhase::Active)
+    })
+    .await?
+    .context("vanished")?;
+    let status = conn.status.context("no status")?;
+    let secret_ref = status.secret_ref.context("no secretRef")?;
+    let delivered = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get(&secret_ref.name)
+        .await?;
+    connect_with(&delivered)
+        .await
+        .context("the application database admits the grant")?;
+    for other in ["postgres", "template1"] {
+        let mut elsewhere = delivered.clone();
+        elsewhere
+            .data
+            .get_or_insert_with(Default::default)
+            .insert("dbname".into(), ByteString(other.as_bytes().to_vec()));
+        let attempt = connect_with(&elsewhere).await;
+        let error = attempt
+            .err()
+            .with_context(|| format!("the grant's role logged in to {other}"))?;
+        assert!(
+            format!("{error:#}").contains("pg_hba.conf"),
+            "{other}: {error:#}"
+        );
+    }
+    // PostgreSQL itself holds the expiry, so it holds without the operator.
+    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-superuser")
+        .await?;
+    let provider = connect_with(&superuser).await?;
+    let role = status.role.context("no role")?;
+    let expires: i64 = provider
+        .query_one(
+            "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        expires,
+        "2027-12-31T00:00:00Z"
+            .parse::<jiff::Timestamp>()?
+            .as_second()
+    );
+    assert_eq!(secret_text(&delivered, "user")?, role);
+    a.delete().await
+}
