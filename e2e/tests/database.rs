@@ -339,8 +339,10 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
         is_ready,
     )
     .await?;
-    // A parameter outside the allow-list is InvalidSpec, and the running server keeps its settings.
-    let bad = json!({"spec": {"postgres": {"parameters": {"ssl": "off"}}}});
+    // A parameter outside the allow-list, or a value outside its kind, is InvalidSpec, and the
+    // running server keeps its settings.
+    let bad = json!({"spec": {"postgres": {"parameters": {
+        "ssl": "off", "work_mem": "x", "max_connections": "1"}}}});
     api.patch("tuned", &PatchParams::default(), &Patch::Merge(bad))
         .await?;
     let db = wait_for(
@@ -351,18 +353,25 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
         |db| ready_reason(db).is_some_and(|r| r.1 == "InvalidSpec"),
     )
     .await?;
-    assert!(
-        ready_reason(db.as_ref())
-            .unwrap()
-            .2
-            .contains("spec.postgres.parameters.ssl")
-    );
-    let ssl: String = connect_with(&superuser)
-        .await?
-        .query_one("SHOW ssl", &[])
-        .await?
-        .get(0);
-    assert_eq!(ssl, "on");
+    let message = ready_reason(db.as_ref()).unwrap().2;
+    for field in ["ssl", "work_mem", "max_connections"] {
+        assert!(
+            message.contains(&format!("spec.postgres.parameters.{field}")),
+            "{field}: {message}"
+        );
+    }
+    let session = connect_with(&superuser).await?;
+    for (name, kept) in [
+        ("ssl", "on"),
+        ("work_mem", "8MB"),
+        ("max_connections", "50"),
+    ] {
+        let value: String = session
+            .query_one(&format!("SHOW {name}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(value, kept, "{name}");
+    }
     ns.delete().await
 }
 

@@ -18,7 +18,42 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
     .into_iter()
     .map(without_null_enum_values)
+    .map(with_bounded_strings)
     .collect()
+}
+
+/// The longest string a spec field without a bound of its own accepts. The fields the project defines
+/// carry tighter bounds; this catches the ones of embedded Kubernetes types (label selectors,
+/// resource claims), so no string in any CRD is unbounded.
+pub const DEFAULT_MAX_LENGTH: i64 = 1024;
+
+fn with_bounded_strings(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(node: &mut serde_json::Value) {
+        match node {
+            serde_json::Value::Object(map) => {
+                let unbounded = map.get("type").and_then(|t| t.as_str()) == Some("string")
+                    && !map.contains_key("maxLength")
+                    && !map.contains_key("enum")
+                    && map.get("format").and_then(|f| f.as_str()) != Some("date-time");
+                if unbounded {
+                    map.insert("maxLength".into(), DEFAULT_MAX_LENGTH.into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    // Status is the operator's to write (condition messages run long): only spec is bounded.
+    for version in value["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        walk(&mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]);
+    }
+    serde_json::from_value(value).expect("adding maxLength keeps a valid CRD")
 }
 
 /// Optional enums come out of schemars as `enum: [..., null]` with `nullable: true`. Kubernetes
@@ -96,9 +131,12 @@ pub fn reference() -> String {
             }
         }
     }
-    out.push_str("\n## `spec.postgres.parameters` an agency may set\n\nAny other parameter is `InvalidSpec`; values may hold only letters, digits, spaces and `. _ : / + -`.\n\n");
-    for name in crate::validate::ALLOWED_PARAMETERS {
-        out.push_str(&format!("- `{name}`\n"));
+    out.push_str("\n## `spec.postgres.parameters` an agency may set\n\nAny other parameter, and a value outside its kind, is `InvalidSpec`.\n\n| parameter | value |\n|---|---|\n");
+    for (name, kind) in crate::parameters::ALLOWED {
+        out.push_str(&format!(
+            "| `{name}` | {} |\n",
+            crate::parameters::describe(*kind)
+        ));
     }
     out
 }

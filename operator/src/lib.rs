@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod parameters;
 pub mod pgconf;
 pub mod pki;
 pub mod profile;

@@ -188,9 +188,7 @@ pub async fn apply_parameters(
         }
     }
     for (name, _) in &current {
-        if !wanted.iter().any(|(n, _)| n == name)
-            && crate::validate::ALLOWED_PARAMETERS.contains(&name.as_str())
-        {
+        if !wanted.iter().any(|(n, _)| n == name) && crate::parameters::kind(name).is_some() {
             client
                 .batch_execute(&format!("ALTER SYSTEM RESET {name}"))
                 .await?;

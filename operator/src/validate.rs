@@ -9,7 +9,7 @@ use std::fmt;
 use crate::api::connection::SharingMode;
 use crate::api::database::{PinnedSpec, TlsMode};
 use crate::api::{BackupPolicySpec, DataSharingConnectionSpec, SectorDatabaseSpec};
-use crate::quantity;
+use crate::{parameters, quantity};
 
 /// One broken rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,51 +42,9 @@ fn violation(field: impl Into<String>, message: impl Into<String>) -> Violation 
     }
 }
 
-/// postgresql.conf parameters an agency may set. Everything else (listen addresses, TLS,
-/// authentication, logging, archiving, preload libraries) belongs to the operator and the
-/// security profile.
-pub const ALLOWED_PARAMETERS: &[&str] = &[
-    "autovacuum_analyze_scale_factor",
-    "autovacuum_max_workers",
-    "autovacuum_naptime",
-    "autovacuum_vacuum_cost_limit",
-    "autovacuum_vacuum_scale_factor",
-    "checkpoint_completion_target",
-    "checkpoint_timeout",
-    "default_statistics_target",
-    "effective_cache_size",
-    "effective_io_concurrency",
-    "idle_in_transaction_session_timeout",
-    "lock_timeout",
-    "log_min_duration_statement",
-    "maintenance_work_mem",
-    "max_connections",
-    "max_parallel_maintenance_workers",
-    "max_parallel_workers",
-    "max_parallel_workers_per_gather",
-    "max_wal_size",
-    "max_worker_processes",
-    "min_wal_size",
-    "random_page_cost",
-    "shared_buffers",
-    "statement_timeout",
-    "temp_buffers",
-    "timezone",
-    "wal_buffers",
-    "work_mem",
-];
-
 /// Names PostgreSQL reserves for itself.
 const RESERVED_DATABASES: &[&str] = &["postgres", "template0", "template1"];
 const RESERVED_ROLES: &[&str] = &["postgres", "public", "none", "current_user", "session_user"];
-
-/// Parameter values go into postgresql.conf verbatim: no quotes, newlines or comment signs.
-fn is_safe_parameter_value(value: &str) -> bool {
-    !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || " ._:/+-".contains(c))
-}
 
 /// Checks a SectorDatabase spec; `pinned` holds what the operator accepted before, if anything.
 pub fn database(
@@ -110,16 +68,14 @@ pub fn database(
         ));
     }
     for (name, value) in &spec.postgres.parameters {
-        if !ALLOWED_PARAMETERS.contains(&name.as_str()) {
-            found.push(violation(
-                format!("spec.postgres.parameters.{name}"),
+        let field = format!("spec.postgres.parameters.{name}");
+        match parameters::kind(name).map(|kind| parameters::check(kind, value)) {
+            None => found.push(violation(
+                field,
                 "is not on the allow-list of parameters an agency may set",
-            ));
-        } else if !is_safe_parameter_value(value) {
-            found.push(violation(
-                format!("spec.postgres.parameters.{name}"),
-                "value may hold only letters, digits, spaces and . _ : / + -",
-            ));
+            )),
+            Some(Err(why)) => found.push(violation(field, format!("{value:?} {why}"))),
+            Some(Ok(())) => {}
         }
     }
     let size = quantity::bytes(&spec.storage.size.0);
@@ -313,8 +269,35 @@ pub fn policy(spec: &BackupPolicySpec) -> Result<(), Vec<Violation>> {
                 "must be an https:// URL",
             ));
         }
+        let mut secrets = vec![("credentialsSecret", &repo.s3.credentials_secret.name)];
+        secrets.extend(repo.s3.ca_secret.as_ref().map(|ca| ("caSecret", &ca.name)));
+        for (field, name) in secrets {
+            found.extend(operator_secret(
+                &format!("spec.repositories[{i}].s3.{field}.name"),
+                name,
+            ));
+        }
+    }
+    if let Some(encryption) = &spec.encryption {
+        found.extend(operator_secret(
+            "spec.encryption.keySecret.name",
+            &encryption.key_secret.name,
+        ));
     }
     if found.is_empty() { Ok(()) } else { Err(found) }
+}
+
+/// The operator's own Secrets (its CA and anything else it names `sectordb-...`) are never a
+/// policy's: their contents would be copied into the databases' backup configuration.
+const OPERATOR_SECRET_PREFIX: &str = "sectordb-";
+
+fn operator_secret(field: &str, name: &str) -> Option<Violation> {
+    name.starts_with(OPERATOR_SECRET_PREFIX).then(|| {
+        violation(
+            field,
+            format!("{name:?} is one of the operator's own Secrets ({OPERATOR_SECRET_PREFIX}*); name a Secret made for this policy"),
+        )
+    })
 }
 
 /// Parses a five-field cron expression.

@@ -77,6 +77,52 @@ fn check(node: &Value, path: &str, problems: &mut Vec<String>) {
     }
 }
 
+/// Every string a user writes has a bound: the apiserver refuses a longer one before the operator
+/// ever reads it.
+fn unbounded_strings(node: &Value, path: &str, found: &mut Vec<String>) {
+    let is_string = node.get("type").and_then(Value::as_str) == Some("string");
+    let bounded = node.get("maxLength").is_some()
+        || node.get("enum").is_some()
+        || node.get("format").and_then(Value::as_str) == Some("date-time");
+    if is_string && !bounded {
+        found.push(path.to_string());
+    }
+    for (name, child) in node
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        unbounded_strings(child, &format!("{path}.{name}"), found);
+    }
+    for (key, suffix) in [("items", "[]"), ("additionalProperties", "{}")] {
+        if let Some(child) = node.get(key).filter(|v| v.is_object()) {
+            unbounded_strings(child, &format!("{path}{suffix}"), found);
+        }
+    }
+}
+
+#[test]
+fn every_string_in_a_spec_has_a_max_length() {
+    for crd in sectordb::crdgen::all() {
+        let schema = serde_json::to_value(
+            &crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema,
+        )
+        .unwrap();
+        let mut found = Vec::new();
+        unbounded_strings(&schema["properties"]["spec"], ".spec", &mut found);
+        assert!(
+            found.is_empty(),
+            "{}: {found:?}",
+            crd.metadata.name.unwrap_or_default()
+        );
+    }
+}
+
 #[test]
 fn schemas_are_structural_and_described() {
     for crd in sectordb::crdgen::all() {

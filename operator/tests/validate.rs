@@ -126,6 +126,16 @@ fn database_rules_reject_each_bad_field() {
             json!({"work_mem": "4MB'\nssl = off"}),
             "spec.postgres.parameters.work_mem",
         ),
+        (
+            "postgres.parameters",
+            json!({"work_mem": "x"}),
+            "spec.postgres.parameters.work_mem",
+        ),
+        (
+            "postgres.parameters",
+            json!({"max_connections": "1"}),
+            "spec.postgres.parameters.max_connections",
+        ),
         ("storage.size", json!("ten gigs"), "spec.storage.size"),
         ("storage.size", json!("512Ki"), "spec.storage.size"),
         ("database.name", json!("postgres"), "spec.database.name"),
@@ -279,6 +289,16 @@ fn policy_sample_is_valid() {
 #[test]
 fn policy_rules_reject_each_bad_field() {
     let cases: &[(&str, Value, &str)] = &[
+        (
+            "repositories.0.s3.credentialsSecret.name",
+            json!("sectordb-ca"),
+            "spec.repositories[0].s3.credentialsSecret.name",
+        ),
+        (
+            "encryption.keySecret.name",
+            json!("sectordb-ca"),
+            "spec.encryption.keySecret.name",
+        ),
         ("schedule.full", json!("every sunday"), "spec.schedule.full"),
         (
             "schedule.full",

@@ -119,7 +119,10 @@ pub struct PostgresSpec {
     /// postgresql.conf parameters. Only parameters on the operator's allow-list are accepted; the
     /// rest are set by the security profile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(inner(length(max = 256)))]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
     pub parameters: BTreeMap<String, String>,
 }
 

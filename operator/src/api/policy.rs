@@ -143,7 +143,7 @@ pub struct S3Storage {
     /// Endpoint URL; must be https.
     #[schemars(
         length(min = 9, max = 512),
-        regex(pattern = r"^https://[^\s/]+(:[0-9]+)?/?$")
+        regex(pattern = r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/?$")
     )]
     pub endpoint: String,
     /// Bucket name.
@@ -154,7 +154,7 @@ pub struct S3Storage {
     pub bucket: String,
     /// Region the bucket lives in.
     #[serde(default = "default_region")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub region: String,
     /// Prefix inside the bucket under which this policy's repository lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
