@@ -155,6 +155,29 @@ s3.put_object(Bucket=e["BUCKET"], Key=e["OBJECT"], Body=os.urandom(max(size, 64)
     Ok(())
 }
 
+/// What whoever holds the provincial keys could do: overwrite the object `overwrite` with
+/// garbage of another size, and delete `delete`.
+pub async fn tamper(
+    client: &Client,
+    store: &ObjectStore,
+    overwrite: &str,
+    delete: &str,
+) -> Result<()> {
+    let script = r#"
+size = s3.head_object(Bucket=e["BUCKET"], Key=e["OVERWRITE"])["ContentLength"]
+s3.put_object(Bucket=e["BUCKET"], Key=e["OVERWRITE"], Body=os.urandom(size + 17))
+s3.delete_object(Bucket=e["BUCKET"], Key=e["DELETE"])
+"#;
+    boto3(
+        client,
+        store,
+        &[("OVERWRITE", overwrite), ("DELETE", delete)],
+        script,
+    )
+    .await?;
+    Ok(())
+}
+
 /// A test namespace labelled for `policies` BackupPolicies that all select it (more than one is a
 /// conflict), each writing to the provincial data center only, encrypted with a passphrase
 /// Secret made for the test.

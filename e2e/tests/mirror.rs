@@ -87,6 +87,60 @@ async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() ->
             .reason,
         "BackingUp"
     );
+
+    // Whoever holds the provincial keys overwrites a backup file and deletes the manifest: the
+    // Government data center keeps both as they were, and the policy says what changed.
+    let provincial = sectordb_e2e::backup::object_stores()?
+        .into_iter()
+        .find(|s| s.name != government.name)
+        .context("no provincial data center")?;
+    let manifest = format!("backup/{stanza}/{label}/backup.manifest");
+    let data = found
+        .iter()
+        .find(|o| o.key.contains(&format!("backup/{stanza}/{label}/pg_data/")))
+        .context("no backup file mirrored")?;
+    // The same object under the provincial repository's prefix (`<namespace>/`).
+    let relative = data.key.trim_start_matches(&format!("mirror-{ns}/"));
+    sectordb_e2e::backup::tamper(
+        &client,
+        &provincial,
+        &format!("{ns}/{relative}"),
+        &format!("{ns}/{manifest}"),
+    )
+    .await?;
+    let policy = wait_for(
+        &policies,
+        &setup.policies[0],
+        Duration::from_secs(120),
+        "the mirror reports the changed object",
+        |p| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.mirrors
+                    .iter()
+                    .any(|m| m.message.as_deref().is_some_and(|t| t.contains(relative)))
+            })
+        },
+    )
+    .await?
+    .context("policy vanished")?;
+    let said = policy.status.context("no status")?.mirrors[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(said.contains("changed in the primary repository"), "{said}");
+    let after = objects(&client, &government, &format!("/mirror-{ns}"), &marker).await?;
+    let size_of = |key: &str, list: &[sectordb_e2e::backup::Object]| {
+        list.iter().find(|o| o.key == key).map(|o| o.size)
+    };
+    assert_eq!(
+        size_of(&data.key, &after),
+        Some(data.size),
+        "the good copy was replaced"
+    );
+    assert!(
+        after.iter().any(|o| o.key.ends_with(&manifest)),
+        "the manifest deleted in the primary was deleted off-site"
+    );
     setup.delete().await
 }
 

@@ -320,4 +320,8 @@ pub struct MirrorStatus {
     pub last_synced: Option<Time>,
     /// Whether the lag is within `maxLag`.
     pub healthy: bool,
+    /// Why the last pass did not complete (an unreachable data center, objects that changed in
+    /// the primary after they were mirrored); empty after a complete pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

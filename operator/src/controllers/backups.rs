@@ -676,6 +676,7 @@ mod tests {
             lag_seconds: 0,
             last_synced: Some(Time(synced.parse().unwrap())),
             healthy,
+            message: None,
         }
     }
 

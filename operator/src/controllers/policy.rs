@@ -194,6 +194,7 @@ fn mirror_status(
         lag_seconds,
         last_synced,
         healthy: lag_seconds <= max_lag,
+        message: pass.as_ref().err().cloned(),
     }
 }
 
@@ -547,6 +548,7 @@ mod tests {
             lag_seconds: if healthy { 0 } else { 7200 },
             last_synced: Some(now.clone()),
             healthy,
+            message: None,
         };
         let behind = Facts {
             mirrors: vec![mirror(false)],
