@@ -435,3 +435,81 @@ async fn a_grant_s_role_reaches_only_the_provider_s_application_database_until_v
     assert_eq!(secret_text(&delivered, "user")?, role);
     a.delete().await
 }
+
+#[tokio::test]
+async fn replicate_never_writes_into_a_table_the_consumer_made_itself() -> Result<()> {
+    let client = client().await?;
+    let a = agencies(&client, "own-table").await?;
+    let provider_app = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-app")
+        .await?;
+    connect_with(&provider_app)
+        .await?
+        .batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
+        .await?;
+    let databases: Api<SectorDatabase> = Api::namespaced(client.clone(), &a.consumer.name);
+    let mut warehouse = database("warehouse", 3);
+    warehouse["spec"]["agency"]["code"] = json!(LABOUR_CODE);
+    databases
+        .create(&PostParams::default(), &serde_json::from_value(warehouse)?)
+        .await?;
+    wait_for(
+        &databases,
+        "warehouse",
+        Duration::from_secs(180),
+        "warehouse Ready",
+        is_ready,
+    )
+    .await?;
+    let consumer_app = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get("warehouse-app")
+        .await?;
+    let own = connect_with(&consumer_app).await?;
+    own.batch_execute(
+        "CREATE TABLE vaccination_records (id int PRIMARY KEY, district text, vaccine text);
+         INSERT INTO vaccination_records VALUES (42, 'the consumer''s own', 'row')",
+    )
+    .await?;
+
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &sectordb_e2e::sharing::replication("vax", &a.consumer.name, "warehouse")?,
+    )
+    .await?;
+    let conn = wait_for(&api, "vax", Duration::from_secs(90), "NameConflict", |c| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+        })
+    })
+    .await?
+    .context("connection vanished")?;
+    let ready = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .context("no Ready")?;
+    assert!(
+        ready.message.contains("public.vaccination_records"),
+        "{}",
+        ready.message
+    );
+    let rows: Vec<(i32, String)> = own
+        .query("SELECT id, district FROM vaccination_records", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(42, "the consumer's own".to_string())]);
+    let subscriptions: i64 = own
+        .query_one("SELECT count(*) FROM pg_subscription", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        subscriptions, 0,
+        "a subscription was made into the consumer's own table"
+    );
+    a.delete().await
+}

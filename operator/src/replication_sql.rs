@@ -18,6 +18,19 @@ pub struct SourceTable {
     /// The columns that identify a row for UPDATE and DELETE; `None` when the table has no
     /// usable replica identity (REPLICA IDENTITY NOTHING, or the default without a primary key).
     pub identity: Option<Vec<String>>,
+    /// Granted columns whose type is not built into PostgreSQL: a type name the provider
+    /// defines must never be spelled into the consumer's database.
+    pub foreign_types: Vec<String>,
+}
+
+/// The role that owns every table the operator replicates into a consumer's database: NOLOGIN,
+/// so the consumer's own roles (which only read) cannot add triggers that the subscription's
+/// apply worker, a superuser in PostgreSQL 15, would run.
+pub const REPLICA_OWNER: &str = "sectordb_replicas";
+
+/// The comment that marks a consumer table the operator created for the subscription `name`.
+fn target_marker(name: &str) -> String {
+    format!("sectordb: replicated by {name}")
 }
 
 fn qualified(schema: &str, table: &str) -> String {
@@ -32,16 +45,21 @@ pub async fn describe(
     let mut sources = Vec::new();
     for granted in tables {
         let table = qualified(&granted.schema, &granted.table);
-        let columns = client
+        // Built-in types have OIDs below FirstNormalObjectId (16384).
+        let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::oid::int8 < 16384 \
+                 FROM pg_attribute a \
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
                  AND a.attname = ANY($2) ORDER BY a.attnum",
                 &[&table, &granted.columns],
             )
-            .await?
+            .await?;
+        let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let foreign_types = rows
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .filter(|r| !r.get::<_, bool>(2))
+            .map(|r| r.get(0))
             .collect();
         let identity_kind: i8 = client
             .query_one(
@@ -73,6 +91,7 @@ pub async fn describe(
             granted: granted.clone(),
             columns,
             identity,
+            foreign_types,
         });
     }
     Ok(sources)
@@ -109,6 +128,12 @@ pub fn unpublishable(sources: &[SourceTable]) -> Option<String> {
                 .collect();
             if !missing.is_empty() {
                 return Some(format!("{name} has no column {}", missing.join(", ")));
+            }
+            if !s.foreign_types.is_empty() {
+                return Some(format!(
+                    "{name}: column(s) {} have types that are not built into PostgreSQL, which are not replicated",
+                    s.foreign_types.join(", ")
+                ));
             }
             let Some(identity) = &s.identity else {
                 return Some(format!(
@@ -199,20 +224,48 @@ pub async fn publish(
 }
 
 /// Creates, in the consumer's database, a table for each source with the granted columns and the
-/// provider's types and replica identity as primary key, owned by `owner`; adds columns granted
-/// later. Existing tables and their rows are kept.
+/// provider's types and replica identity as primary key, owned by `REPLICA_OWNER` and readable by
+/// `reader`; adds columns granted later. Tables the operator made for this subscription keep
+/// their rows. `Ok(Err)` names a table of that name the operator did not make: it is never
+/// written into.
 pub async fn ensure_targets(
     client: &tokio_postgres::Client,
+    name: &str,
     sources: &[SourceTable],
-    owner: &str,
-) -> Result<(), Error> {
+    reader: &str,
+) -> Result<std::result::Result<(), String>, Error> {
+    let owner = ident(REPLICA_OWNER);
+    let marker = target_marker(name);
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN CREATE ROLE {owner} NOLOGIN; END IF; END $$",
+            literal(REPLICA_OWNER)
+        ))
+        .await?;
     for s in sources {
         let schema = ident(&s.granted.schema);
         let table = qualified(&s.granted.schema, &s.granted.table);
+        let existing = client
+            .query_opt(
+                "SELECT obj_description(c.oid, 'pg_class'), pg_get_userbyid(c.relowner)::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&s.granted.schema, &s.granted.table],
+            )
+            .await?;
+        if let Some(row) = existing {
+            let (comment, table_owner): (Option<String>, String) = (row.get(0), row.get(1));
+            if comment.as_deref() != Some(marker.as_str()) || table_owner != REPLICA_OWNER {
+                return Ok(Err(format!(
+                    "the consumer database already has a table {}.{} that sectordb did not create for this connection; rename it or replicate into another database",
+                    s.granted.schema, s.granted.table
+                )));
+            }
+        }
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {}",
-                ident(owner)
+                "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {}; GRANT USAGE ON SCHEMA {schema} TO {owner}, {}",
+                ident(reader),
+                ident(reader)
             ))
             .await?;
         let mut definition: Vec<String> = s
@@ -226,8 +279,9 @@ pub async fn ensure_targets(
         }
         client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} ({})",
-                definition.join(", ")
+                "CREATE TABLE IF NOT EXISTS {table} ({}); COMMENT ON TABLE {table} IS {}",
+                definition.join(", "),
+                literal(&marker)
             ))
             .await?;
         for (column, kind) in &s.columns {
@@ -239,10 +293,14 @@ pub async fn ensure_targets(
                 .await?;
         }
         client
-            .batch_execute(&format!("ALTER TABLE {table} OWNER TO {}", ident(owner)))
+            .batch_execute(&format!(
+                "ALTER TABLE {table} OWNER TO {owner}; REVOKE ALL ON {table} FROM {}; GRANT SELECT ON {table} TO {}",
+                ident(reader),
+                ident(reader)
+            ))
             .await?;
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// How the consumer's server reaches the provider.
@@ -456,7 +514,19 @@ mod tests {
                 .map(|c| (c.to_string(), "integer".to_string()))
                 .collect(),
             identity: identity.map(|i| i.iter().map(|c| c.to_string()).collect()),
+            foreign_types: vec![],
         }
+    }
+
+    #[test]
+    fn a_column_of_a_type_the_provider_defined_is_not_replicated() {
+        let mut s = source(&["id", "mood"], Some(&["id"]));
+        s.foreign_types.push("mood".into());
+        let why = unpublishable(&[s]).unwrap();
+        assert!(
+            why.contains("mood") && why.contains("not built into PostgreSQL"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -370,7 +370,7 @@ async fn publish(su: &tokio_postgres::Client, tables: &[GrantedTable], set_passw
         .unwrap();
 }
 
-/// Consumer steps: target tables owned by the consumer's owner, then the subscription.
+/// Consumer steps: target tables the consumer's owner reads, then the subscription.
 async fn subscribe(
     provider: &Postgres,
     provider_su: &tokio_postgres::Client,
@@ -380,8 +380,9 @@ async fn subscribe(
     let sources = replication_sql::describe(provider_su, tables)
         .await
         .unwrap();
-    replication_sql::ensure_targets(consumer_su, &sources, "app")
+    replication_sql::ensure_targets(consumer_su, REPLICATED, &sources, "app")
         .await
+        .unwrap()
         .unwrap();
     let ca_file = provider.dir.join("ca.crt").display().to_string();
     let port = provider.port.to_string();
@@ -454,6 +455,59 @@ async fn replicating(
 }
 
 #[tokio::test]
+async fn replication_never_writes_into_a_table_the_consumer_made_itself() {
+    let (_provider_pg, provider_su) = provider().await;
+    provider_su
+        .batch_execute("ALTER TABLE vaccination_records ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    let (_consumer_pg, consumer_su) = server_with_database().await;
+    consumer_su
+        .batch_execute("CREATE TABLE vaccination_records (id int PRIMARY KEY, district text, vaccine text); INSERT INTO vaccination_records VALUES (7, 'own', 'own')")
+        .await
+        .unwrap();
+    let tables = vaccinations(&["id", "district", "vaccine"]);
+    let sources = replication_sql::describe(&provider_su, &tables)
+        .await
+        .unwrap();
+    let refused = replication_sql::ensure_targets(&consumer_su, REPLICATED, &sources, "app")
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.contains("public.vaccination_records"), "{refused}");
+    // A comment copied from a real target does not make the table the operator's either.
+    consumer_su
+        .batch_execute(
+            "COMMENT ON TABLE vaccination_records IS 'sectordb: replicated by dsc_repl0001'",
+        )
+        .await
+        .unwrap();
+    assert!(
+        replication_sql::ensure_targets(&consumer_su, REPLICATED, &sources, "app")
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert_eq!(
+        rows_in(&consumer_su, "SELECT district FROM vaccination_records").await,
+        ["own"]
+    );
+}
+
+#[tokio::test]
+async fn a_column_of_a_type_the_provider_defined_is_refused() {
+    let (_pg, su) = provider().await;
+    su.batch_execute("CREATE TYPE mood AS ENUM ('ok'); ALTER TABLE vaccination_records ADD COLUMN mood mood, ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    let sources = replication_sql::describe(&su, &vaccinations(&["id", "mood"]))
+        .await
+        .unwrap();
+    let why = replication_sql::unpublishable(&sources).expect("refused");
+    assert!(why.contains("mood"), "{why}");
+}
+
+#[tokio::test]
 async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation() {
     let (provider_pg, provider_su, consumer_pg, consumer_su) =
         replicating(&["id", "district", "vaccine"]).await;
@@ -483,7 +537,29 @@ async fn replication_copies_exactly_the_granted_columns_and_stops_on_revocation(
         "SELECT tableowner::text FROM pg_tables WHERE tablename = 'vaccination_records'",
     )
     .await;
-    assert_eq!(owner, ["app"], "the consumer's owner can read its copy");
+    assert_eq!(owner, [replication_sql::REPLICA_OWNER]);
+    let app = sql::connect(&consumer_pg.target("app", OWNER_PASSWORD), "health")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_in(&app, "SELECT district FROM vaccination_records ORDER BY id").await,
+        ["Tay Ho", "Hoan Kiem"],
+        "the consumer's owner reads its copy"
+    );
+    // ...and cannot hang code on it that the apply worker (a superuser) would run.
+    app.batch_execute("CREATE FUNCTION grab() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$")
+        .await
+        .unwrap();
+    let trigger = app
+        .batch_execute("CREATE TRIGGER grab BEFORE INSERT ON vaccination_records FOR EACH ROW EXECUTE FUNCTION grab()")
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(
+        trigger.as_deref(),
+        Some("42501"),
+        "a trigger on the replicated table"
+    );
     let stream = replication_sql::stream(&provider_su, REPLICATED)
         .await
         .unwrap();

@@ -561,7 +561,12 @@ async fn replicate(
         };
         sharing_sql::grant(session, &grant).await?;
         replication_sql::publish(session, role, &sources).await?;
-        replication_sql::ensure_targets(&consumer, &sources, &target.spec.database.owner).await?;
+        if let Err(why) =
+            replication_sql::ensure_targets(&consumer, role, &sources, &target.spec.database.owner)
+                .await?
+        {
+            return Ok(Err(why));
+        }
         let addr = addr.to_string();
         let ca_file = format!("{TLS_DIR}/ca.crt");
         let source = replication_sql::Source {
@@ -577,10 +582,11 @@ async fn replicate(
         if subscribed {
             replication_sql::refresh_if_tables_changed(&consumer, role, &sources).await?;
         }
-        replication_sql::stream(session, role).await
+        replication_sql::stream(session, role).await.map(Ok)
     };
     let stream = match steps.await {
-        Ok(stream) => stream,
+        Ok(Ok(stream)) => stream,
+        Ok(Err(taken)) => return Ok(Err(failed("NameConflict", taken))),
         Err(error) => {
             return Ok(Err(failed(
                 "GrantFailed",
