@@ -513,3 +513,90 @@ async fn replicate_never_writes_into_a_table_the_consumer_made_itself() -> Resul
     );
     a.delete().await
 }
+
+#[tokio::test]
+async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_done() -> Result<()>
+{
+    let client = client().await?;
+    let a = agencies(&client, "unreach").await?;
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &connection(
+            "vax",
+            &a.consumer.name,
+            "2027-12-31T00:00:00Z",
+            "vaccinations",
+        )?,
+    )
+    .await?;
+    let conn = wait_for(&api, "vax", Duration::from_secs(90), "Active", |c| {
+        phase(c) == Some(ConnectionPhase::Active)
+    })
+    .await?
+    .context("vanished")?;
+    let role = conn.status.and_then(|s| s.role).context("no role")?;
+    // The provider's server goes away (its StatefulSet scaled to zero by hand), then the platform
+    // authority suspends the grant.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &a.provider.name);
+    let scale = |n: i32| json!({"spec": {"replicas": n}});
+    statefulsets
+        .patch("records", &PatchParams::default(), &Patch::Merge(scale(0)))
+        .await?;
+    sectordb_e2e::poll(Duration::from_secs(90), "provider pod gone", || async {
+        let pods =
+            Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &a.provider.name);
+        pods.get_opt("records-0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    api.patch(
+        "vax",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspended": true}})),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pending = api.get("vax").await?;
+    let status = pending.status.clone().context("no status")?;
+    assert!(
+        status.revoked_at.is_none(),
+        "reported revoked while PostgreSQL was unreachable: {status:?}"
+    );
+    assert_ne!(status.phase, Some(ConnectionPhase::Suspended));
+    assert_ne!(
+        status.observed_generation, pending.metadata.generation,
+        "the suspension looks handled"
+    );
+
+    // The provider comes back: the retry revokes for real.
+    statefulsets
+        .patch("records", &PatchParams::default(), &Patch::Merge(scale(1)))
+        .await?;
+    let done = wait_for(&api, "vax", Duration::from_secs(180), "Suspended", |c| {
+        phase(c) == Some(ConnectionPhase::Suspended)
+    })
+    .await?
+    .context("vanished")?;
+    assert!(done.status.and_then(|s| s.revoked_at).is_some());
+    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
+        .get("records-superuser")
+        .await?;
+    let login: bool = sectordb_e2e::poll(Duration::from_secs(60), "provider reachable", || async {
+        let session = connect_with(&superuser).await.ok()?;
+        session
+            .query_one(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0))
+    })
+    .await?;
+    assert!(!login, "the role still logs in");
+    a.delete().await
+}

@@ -650,8 +650,17 @@ async fn revoke_access(
                     .await
                     .map_err(|e| Error::Sql(e.to_string()))?;
             }
+            // Unreachable for good: the provider or its namespace is being deleted. Its data goes
+            // with it, or stays on retained volumes where nobody knows the role's password once
+            // its Secret is deleted below, and VALID UNTIL still holds.
+            Err(error) if going(ctx, provider).await? => {
+                tracing::warn!(%error, role, "provider going away: the role was not revoked in PostgreSQL")
+            }
+            // Otherwise the revocation is not done: retried, and never reported as done.
             Err(error) => {
-                tracing::warn!(%error, role, "provider unreachable: the role could not be revoked in PostgreSQL")
+                return Err(Error::Sql(format!(
+                    "revoking {role}: the provider database is unreachable, access is not revoked yet: {error}"
+                )));
             }
         }
     }
@@ -689,6 +698,17 @@ async fn revoke_access(
         ctx.metrics.write(CONTROLLER, "NetworkPolicy");
     }
     Ok(())
+}
+
+/// Whether `db` or its namespace is being deleted.
+async fn going(ctx: &Context, db: &SectorDatabase) -> Result<bool> {
+    if db.metadata.deletion_timestamp.is_some() {
+        return Ok(true);
+    }
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&db.namespace().unwrap_or_default())
+        .await?;
+    Ok(namespace.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()))
 }
 
 /// The audit line for a grant or a revocation: a log record a SOC can correlate by UID.
