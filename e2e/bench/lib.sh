@@ -19,3 +19,24 @@ agency_namespace_delete() {
   kubectl delete namespace "$@" --wait=true --timeout=5m >/dev/null 2>&1 || true
   kubectl delete agency "$@" --ignore-not-found >/dev/null 2>&1 || true
 }
+
+# superuser_files DIR: the operator's client certificate (the superuser's only way in over the
+# network) as the files libpq reads, the key readable by this user only.
+superuser_files() {
+  local k
+  for k in tls.crt tls.key; do
+    kubectl -n sectordb-system get secret sectordb-superuser -o "jsonpath={.data.${k//./\\.}}" | base64 -d >"$1/$k"
+  done
+  chmod 0600 "$1/tls.key"
+}
+
+# superuser_conninfo NAMESPACE DB DBNAME: a libpq conninfo for the superuser of SectorDatabase DB,
+# to the server its app Secret names, verified against its CA.
+superuser_conninfo() {
+  local dir k; dir=$(mktemp -d)
+  for k in host hostaddr port ca.crt; do
+    kubectl -n "$1" get secret "$2-app" -o "jsonpath={.data.${k//./\\.}}" | base64 -d >"$dir/$k"
+  done
+  superuser_files "$dir"
+  echo "host=$(cat "$dir/host") hostaddr=$(cat "$dir/hostaddr") port=$(cat "$dir/port") dbname=$3 user=postgres sslmode=verify-full sslrootcert=$dir/ca.crt sslcert=$dir/tls.crt sslkey=$dir/tls.key connect_timeout=5"
+}

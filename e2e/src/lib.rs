@@ -285,24 +285,81 @@ pub fn secret_text(secret: &Secret, key: &str) -> Result<String> {
 
 /// A TLS session as the app Secret describes it, verified against the Secret's CA.
 pub async fn connect_with(secret: &Secret) -> Result<tokio_postgres::Client> {
+    let password = secret_text(secret, "password")?;
+    let (user, dbname) = (secret_text(secret, "user")?, secret_text(secret, "dbname")?);
+    connect_as(
+        secret,
+        &user,
+        sectordb::sql::Login::Password(&password),
+        &dbname,
+    )
+    .await
+}
+
+/// A session to the server `secret` names (host, address, port, CA) as `user`.
+pub async fn connect_as(
+    secret: &Secret,
+    user: &str,
+    login: sectordb::sql::Login<'_>,
+    dbname: &str,
+) -> Result<tokio_postgres::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (host, addr, user, password, dbname, ca) = (
+    let (host, addr, ca) = (
         secret_text(secret, "host")?,
         secret_text(secret, "hostaddr")?,
-        secret_text(secret, "user")?,
-        secret_text(secret, "password")?,
-        secret_text(secret, "dbname")?,
         secret_text(secret, "ca.crt")?,
     );
     let target = sectordb::sql::Target {
         host: &host,
         addr: addr.parse::<IpAddr>()?,
         port: secret_text(secret, "port")?.parse()?,
-        user: &user,
-        password: &password,
+        user,
+        login,
         ca_pem: &ca,
     };
-    Ok(sectordb::sql::connect(&target, &dbname).await?)
+    Ok(sectordb::sql::connect(&target, dbname).await?)
+}
+
+/// The PostgreSQL superuser of one SectorDatabase, as the operator logs in: with the operator's
+/// client certificate from its namespace (no superuser password exists anywhere).
+pub struct Superuser {
+    app: Secret,
+    identity: sectordb::pki::CertifiedKey,
+}
+
+impl Superuser {
+    pub async fn of(client: &Client, namespace: &str, db: &str) -> Result<Superuser> {
+        let app = Api::<Secret>::namespaced(client.clone(), namespace)
+            .get(&format!("{db}-app"))
+            .await?;
+        let certificate = Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .get("sectordb-superuser")
+            .await?;
+        let identity = sectordb::pki::CertifiedKey {
+            cert_pem: secret_text(&certificate, "tls.crt")?,
+            key_pem: secret_text(&certificate, "tls.key")?,
+        };
+        Ok(Superuser { app, identity })
+    }
+
+    pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client> {
+        let login = sectordb::sql::Login::Certificate(&self.identity);
+        connect_as(&self.app, "postgres", login, dbname).await
+    }
+}
+
+/// The certificate a PostgreSQL server at `addr` presents in its TLS handshake, as PEM (from
+/// `openssl s_client`, so what a client sees, not what a Secret says).
+pub fn served_certificate(addr: &str) -> Result<String> {
+    let output = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "openssl s_client -starttls postgres -connect {addr}:5432 </dev/null 2>/dev/null | openssl x509"
+            ),
+        ])
+        .output()?;
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// The operator pod that is not being deleted.

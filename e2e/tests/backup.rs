@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sectordb::api::database::DrillRecord;
 use sectordb::api::{BackupPolicy, SectorDatabase};
 use sectordb_e2e::backup::{Setup, damage, objects, request_backup, request_done};
-use sectordb_e2e::{client, connect_with, database, is_ready, metric, wait_for};
+use sectordb_e2e::{Superuser, client, connect_with, database, is_ready, metric, wait_for};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(180);
@@ -303,7 +303,10 @@ async fn a_point_in_time_restore_has_the_rows_before_the_target_and_not_after() 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     app.batch_execute("INSERT INTO rows VALUES ('B')").await?;
     // B's WAL segment must reach the repository, or recovery could not see past the target.
-    let su = connect_with(&secrets.get("db-superuser").await?).await?;
+    let su = Superuser::of(&client, &ns, "db")
+        .await?
+        .connect("postgres")
+        .await?;
     let segment: String = su
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .await?

@@ -12,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    TestNamespace, client, connect_with, database, is_ready, observed_current, poll, ready_reason,
-    secret_text, wait_for,
+    Superuser, TestNamespace, client, connect_with, database, is_ready, observed_current, poll,
+    ready_reason, secret_text, wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -307,9 +307,7 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
     let ns = TestNamespace::create(&client, "params").await?;
     create_ready(&client, &ns.name, "tuned", 2).await?;
     let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
-    let superuser = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .get("tuned-superuser")
-        .await?;
+    let superuser = Superuser::of(&client, &ns.name, "tuned").await?;
     let patch =
         json!({"spec": {"postgres": {"parameters": {"work_mem": "8MB", "max_connections": "50"}}}});
     api.patch("tuned", &PatchParams::default(), &Patch::Merge(patch))
@@ -320,7 +318,7 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
         Duration::from_secs(180),
         "both parameters in force",
         || async {
-            let session = connect_with(&superuser).await.ok()?;
+            let session = superuser.connect("postgres").await.ok()?;
             let work_mem: String = session.query_one("SHOW work_mem", &[]).await.ok()?.get(0);
             let max: String = session
                 .query_one("SHOW max_connections", &[])
@@ -360,7 +358,7 @@ async fn parameters_are_reloaded_or_restarted_as_postgres_requires() -> Result<(
             "{field}: {message}"
         );
     }
-    let session = connect_with(&superuser).await?;
+    let session = superuser.connect("postgres").await?;
     for (name, kept) in [
         ("ssl", "on"),
         ("work_mem", "8MB"),

@@ -16,8 +16,8 @@ use sectordb::sharing_sql;
 use sectordb_e2e::backup::{Setup, objects, request_backup, request_done};
 use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
 use sectordb_e2e::{
-    OPERATOR_NAME, OPERATOR_NAMESPACE, TestNamespace, client, connect_with, database, is_ready,
-    observed_current, operator_pod, operator_ready, poll, proxy_get, wait_for,
+    OPERATOR_NAME, OPERATOR_NAMESPACE, Superuser, TestNamespace, client, connect_with, database,
+    is_ready, observed_current, operator_pod, operator_ready, poll, proxy_get, wait_for,
 };
 
 use serde_json::json;
@@ -151,12 +151,13 @@ async fn an_operator_killed_while_provisioning_finishes_without_duplicates() -> 
             "interrupted-app",
             "interrupted-ca",
             "interrupted-replication",
-            "interrupted-server-tls",
-            "interrupted-superuser"
+            "interrupted-server-tls"
         ]
     );
-    let superuser = secrets.get("interrupted-superuser").await?;
-    let session = connect_with(&superuser).await?;
+    let session = Superuser::of(&client, &ns.name, "interrupted")
+        .await?
+        .connect("postgres")
+        .await?;
     let roles: i64 = session
         .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'app'", &[])
         .await?
@@ -233,14 +234,10 @@ async fn finish_an_interrupted_grant(client: &kube::Client, a: &Agencies) -> Res
         )
         .await?;
     let role = sharing_sql::role_name(&created.uid().context("no uid")?);
-    let mut superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
-        .get("records-superuser")
+    let provider = Superuser::of(client, &a.provider.name, "records")
+        .await?
+        .connect("health")
         .await?;
-    superuser
-        .data
-        .get_or_insert_with(Default::default)
-        .insert("dbname".into(), k8s_openapi::ByteString(b"health".to_vec()));
-    let provider = connect_with(&superuser).await?;
     provider
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'left-behind-by-a-dead-operator';

@@ -13,7 +13,7 @@ use sectordb::api::DataSharingConnection;
 use sectordb::api::SectorDatabase;
 use sectordb::api::connection::ConnectionPhase;
 use sectordb_e2e::sharing::{Agencies, agencies, connection, phase, replication};
-use sectordb_e2e::{TestNamespace, client, connect_with, poll, wait_for};
+use sectordb_e2e::{Superuser, TestNamespace, client, connect_with, poll, wait_for};
 use serde_json::json;
 
 async fn grant(
@@ -157,10 +157,10 @@ async fn deleting_a_connection_revokes_access_within_five_seconds() -> Result<()
             .is_none(),
         "the consumer's Secret remains"
     );
-    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
-        .get("records-superuser")
+    let su = Superuser::of(&client, &a.provider.name, "records")
+        .await?
+        .connect("postgres")
         .await?;
-    let su = connect_with(&superuser).await?;
     let login: bool = su
         .query_one(
             "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -16,12 +16,13 @@ use sectordb::api::connection::ConnectionPhase;
 use sectordb::api::{DataSharingConnection, SectorDatabase};
 use sectordb_e2e::sharing::{agencies, connection, phase};
 use sectordb_e2e::{
-    HEALTH_CODE, LABOUR_CODE, TestNamespace, client, connect_with, database, is_ready,
-    ready_reason, register, secret_text, wait_for,
+    HEALTH_CODE, LABOUR_CODE, Superuser, TestNamespace, client, connect_as, connect_with, database,
+    is_ready, poll, ready_reason, register, secret_text, served_certificate, wait_for,
 };
 use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(60);
+const READY: Duration = Duration::from_secs(180);
 
 /// Waits until the database reports Ready=False with `reason` for its current generation, and
 /// returns the message.
@@ -414,10 +415,10 @@ async fn a_grant_s_role_reaches_only_the_provider_s_application_database_until_v
         );
     }
     // PostgreSQL itself holds the expiry, so it holds without the operator.
-    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
-        .get("records-superuser")
+    let provider = Superuser::of(&client, &a.provider.name, "records")
+        .await?
+        .connect("postgres")
         .await?;
-    let provider = connect_with(&superuser).await?;
     let role = status.role.context("no role")?;
     let expires: i64 = provider
         .query_one(
@@ -582,11 +583,9 @@ async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_d
     .await?
     .context("vanished")?;
     assert!(done.status.and_then(|s| s.revoked_at).is_some());
-    let superuser = Api::<Secret>::namespaced(client.clone(), &a.provider.name)
-        .get("records-superuser")
-        .await?;
+    let superuser = Superuser::of(&client, &a.provider.name, "records").await?;
     let login: bool = sectordb_e2e::poll(Duration::from_secs(60), "provider reachable", || async {
-        let session = connect_with(&superuser).await.ok()?;
+        let session = superuser.connect("postgres").await.ok()?;
         session
             .query_one(
                 "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
@@ -599,4 +598,180 @@ async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_d
     .await?;
     assert!(!login, "the role still logs in");
     a.delete().await
+}
+
+#[tokio::test]
+async fn nothing_in_the_agency_s_namespace_logs_in_as_the_superuser_or_reads_server_files()
+-> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "nosuper").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(database("own", 3))?,
+    )
+    .await?;
+    wait_for(&api, "own", READY, "Ready", is_ready).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let app = secrets.get("own-app").await?;
+    // Every value of every Secret the agency can read, tried as the superuser's password.
+    let all = secrets.list(&ListParams::default()).await?;
+    assert!(
+        !all.iter().any(|s| s.name_any().contains("superuser")),
+        "a superuser Secret in the agency's namespace"
+    );
+    let mut tried = 0;
+    for secret in &all {
+        for value in secret.data.iter().flat_map(|d| d.values()) {
+            let Ok(text) = std::str::from_utf8(&value.0) else {
+                continue;
+            };
+            let login = sectordb::sql::Login::Password(text.trim());
+            assert!(
+                connect_as(&app, "postgres", login, "postgres")
+                    .await
+                    .is_err(),
+                "a value of Secret {} logs in as postgres",
+                secret.name_any()
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried > 5, "only {tried} values tried");
+    // The server's own certificate and key, which the agency can read, are not a client identity.
+    let server = secrets.get("own-server-tls").await?;
+    let identity = sectordb::pki::CertifiedKey {
+        cert_pem: secret_text(&server, "tls.crt")?,
+        key_pem: secret_text(&server, "tls.key")?,
+    };
+    let login = sectordb::sql::Login::Certificate(&identity);
+    assert!(
+        connect_as(&app, "postgres", login, "postgres")
+            .await
+            .is_err()
+    );
+    // The owner role the agency holds is no superuser and reads no server files.
+    let owner = connect_with(&app).await?;
+    let attributes = owner
+        .query_one(
+            "SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    for i in 0..4 {
+        assert!(!attributes.get::<_, bool>(i), "attribute {i} of the owner");
+    }
+    for attack in [
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT pg_ls_dir('.')",
+        "COPY (SELECT 1) TO PROGRAM 'true'",
+        "COPY (SELECT 1) TO '/tmp/out'",
+        "SELECT lo_import('/etc/passwd')",
+        "GRANT pg_read_server_files TO app",
+        "SET ROLE postgres",
+    ] {
+        let refused = owner
+            .batch_execute(attack)
+            .await
+            .err()
+            .with_context(|| format!("{attack} was allowed"))?;
+        let code = refused.code().map(|c| c.code().to_string());
+        assert_eq!(code.as_deref(), Some("42501"), "{attack}: {refused:?}");
+    }
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_server_certificate_due_for_renewal_is_renewed_and_served_without_a_restart() -> Result<()>
+{
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "renew").await?;
+    let api: Api<SectorDatabase> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = database("renewed", 2);
+    manifest["spec"]["instances"] = json!(2);
+    api.create(&PostParams::default(), &serde_json::from_value(manifest)?)
+        .await?;
+    wait_for(&api, "renewed", READY, "both instances ready", |db| {
+        is_ready(db)
+            && db
+                .and_then(|d| d.status.as_ref()?.instances.as_ref())
+                .is_some_and(|i| i.ready == 2)
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let not_after = |s: &Secret| -> i64 {
+        s.annotations()
+            .get("sectordb.io/certificate-not-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let now = || jiff::Timestamp::now().as_second();
+    let first = secrets.get("renewed-server-tls").await?;
+    let ninety_days = 90 * 86_400;
+    assert!(
+        (not_after(&first) - now() - ninety_days).abs() < 86_400,
+        "a new certificate lives 90 days"
+    );
+    let app = secrets.get("renewed-app").await?;
+    let before = connect_with(&app).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let lives = || async {
+        let mut seen = Vec::new();
+        for name in ["renewed-0", "renewed-1"] {
+            let pod = pods.get(name).await?;
+            let restarts: i32 = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|c| c.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0);
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            seen.push((pod.uid(), restarts, ip.context("no pod IP")?));
+        }
+        anyhow::Ok(seen)
+    };
+    let lives_before = lives().await?;
+
+    // What a certificate in its last week looks like to the operator.
+    secrets
+        .patch(
+            "renewed-server-tls",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"sectordb.io/certificate-not-after": "0"}}}),
+            ),
+        )
+        .await?;
+    let renewed = poll(
+        Duration::from_secs(120),
+        "a renewed certificate",
+        || async {
+            let secret = secrets.get("renewed-server-tls").await.ok()?;
+            let cert = secret_text(&secret, "tls.crt").ok()?;
+            (cert != secret_text(&first, "tls.crt").ok()?
+                && not_after(&secret) > now() + ninety_days - 3600)
+                .then_some(cert)
+        },
+    )
+    .await?;
+    // Served by the primary (through its Service) and by the standby, as clients see them.
+    let primary = secret_text(&app, "hostaddr")?;
+    let standby = lives_before[1].2.clone();
+    for addr in [primary, standby] {
+        poll(
+            Duration::from_secs(60),
+            "the renewed certificate served",
+            || async {
+                let served = served_certificate(&addr).ok()?;
+                (served.trim() == renewed.trim()).then_some(())
+            },
+        )
+        .await
+        .with_context(|| format!("at {addr}"))?;
+    }
+    // Without a restart: the session made before still works, the pods are the same.
+    before.batch_execute("SELECT 1").await?;
+    assert_eq!(lives().await?, lives_before);
+    connect_with(&app).await?.batch_execute("SELECT 1").await?;
+    ns.delete().await
 }

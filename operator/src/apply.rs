@@ -69,6 +69,20 @@ pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     !uid.is_empty() && obj.owner_references().iter().any(|o| o.uid == uid)
 }
 
+/// Deletes the object `name` if, and only if, it carries an owner reference to `uid`; returns
+/// whether it did. An object of that name made by anyone else stays.
+pub async fn delete_owned<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let owned = api.get_opt(name).await?.is_some_and(|o| owned_by(&o, uid));
+    if owned {
+        api.delete(name, &kube::api::DeleteParams::default())
+            .await?;
+    }
+    Ok(owned)
+}
+
 /// Applies `desired` unless the live object was applied from the same desired state.
 /// Returns the live object and whether a write happened.
 pub async fn apply<K>(api: &Api<K>, manager: &str, mut desired: K) -> Result<(K, bool), Error>

@@ -36,7 +36,6 @@ pub struct Names {
     pub server_tls: String,
     pub ca: String,
     pub app: String,
-    pub superuser: String,
     pub replication: String,
     pub disruption_budget: String,
     /// pgBackRest's configuration, while a BackupPolicy covers the database.
@@ -57,7 +56,6 @@ pub fn names(db: &str) -> Names {
         server_tls: format!("{db}-server-tls"),
         ca: format!("{db}-ca"),
         app: format!("{db}-app"),
-        superuser: format!("{db}-superuser"),
         replication: format!("{db}-replication"),
         disruption_budget: format!("{db}-primary"),
         backup: format!("{db}-backup"),
@@ -251,8 +249,8 @@ pub fn stateful_set(
                sed -i '/^archive_command/d' \"$PGDATA/postgresql.auto.conf\"\n\
                rm {DATA_DIR}/restore-incomplete\n\
              else\n\
-               initdb --username=postgres --pwfile=/secrets/superuser/password --auth-local=peer \\\n\
-                 --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
+               initdb --username=postgres --auth-local=peer --auth-host=reject \\\n\
+                 --encoding=UTF8 --locale=C.UTF-8 -D \"$PGDATA\"\n\
              fi\n\
            fi\n\
            exec postgres -D \"$PGDATA\" -c config_file={CONFIG_DIR}/postgresql.conf\n\
@@ -338,9 +336,10 @@ pub fn stateful_set(
                         "resources": resources,
                         "volumeMounts": [
                             {"name": "data", "mountPath": DATA_DIR},
-                            {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
+                            // Writable: the operator installs a renewed certificate here and
+                            // reloads, so renewal restarts nothing.
+                            {"name": "tls", "mountPath": TLS_DIR},
                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
-                            {"name": "superuser", "mountPath": "/secrets/superuser", "readOnly": true},
                             {"name": "replication", "mountPath": "/secrets/replication", "readOnly": true},
                             {"name": "backup", "mountPath": backup::CONFIG_DIR, "readOnly": true},
                             {"name": "run", "mountPath": SOCKET_DIR},
@@ -351,8 +350,6 @@ pub fn stateful_set(
                         {"name": "tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                         {"name": "server-tls", "secret": {"secretName": n.server_tls, "defaultMode": 0o400}},
                         {"name": "config", "configMap": {"name": n.config}},
-                        {"name": "superuser", "secret": {"secretName": n.superuser, "defaultMode": 0o444,
-                            "items": [{"key": "password", "path": "password"}]}},
                         {"name": "replication", "secret": {"secretName": n.replication, "defaultMode": 0o444}},
                         // Present while a BackupPolicy covers the database; kubelet updates it in
                         // place, so a policy attaching later restarts nothing.

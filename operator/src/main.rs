@@ -191,6 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         postgres_image_pull_policy: args.postgres_image_pull_policy.clone(),
         disruption_budget_api: startup::disruption_budget_api(&client).await,
         ca: tokio::sync::OnceCell::new(),
+        superuser: tokio::sync::Mutex::new(None),
     });
     tokio::join!(
         controllers::database::run(ctx.clone(), stopped()),

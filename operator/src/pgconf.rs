@@ -44,6 +44,9 @@ pub fn postgresql_conf(spec: &SectorDatabaseSpec) -> String {
         "ssl = on".into(),
         format!("ssl_cert_file = {}", quote(&format!("{TLS_DIR}/tls.crt"))),
         format!("ssl_key_file = {}", quote(&format!("{TLS_DIR}/tls.key"))),
+        // Client certificates are checked against the operator's CA: the superuser logs in
+        // only with the operator's certificate.
+        format!("ssl_ca_file = {}", quote(&format!("{TLS_DIR}/ca.crt"))),
         "ssl_min_protocol_version = 'TLSv1.2'".into(),
         "password_encryption = 'scram-sha-256'".into(),
         "wal_level = 'logical'".into(),
@@ -84,7 +87,8 @@ pub fn reloadable_parameters(spec: &SectorDatabaseSpec) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// pg_hba.conf: the superuser only over the local socket (peer) or TLS, the standbys' role for
+/// pg_hba.conf: the superuser only over the local socket (peer) or over TLS with the operator's
+/// client certificate (no password of it exists anywhere), the standbys' role for
 /// physical replication over TLS and nothing else, the grants' roles over TLS to the application
 /// database and nothing else; at level 2 and above a plain TCP connection is rejected
 /// outright.
@@ -97,6 +101,9 @@ pub fn pg_hba_conf(spec: &SectorDatabaseSpec) -> String {
         // templates, not over the socket.
         format!("local   all          +{SHARING_GROUP}         reject"),
         "local   all          all                      scram-sha-256".into(),
+        "hostssl all          postgres  0.0.0.0/0      cert".into(),
+        "hostssl all          postgres  ::/0           cert".into(),
+        "host    all          postgres  all            reject".into(),
         format!("hostssl replication  {REPLICATION_USER} 0.0.0.0/0 scram-sha-256"),
         format!("host    all          {REPLICATION_USER} all       reject"),
         format!("hostssl {db} +{SHARING_GROUP} 0.0.0.0/0 scram-sha-256"),
@@ -159,6 +166,24 @@ mod tests {
         );
         let open = pg_hba_conf(&spec(1, "Optional", serde_json::json!({})));
         assert!(open.contains("hostnossl all        all       0.0.0.0/0      scram-sha-256"));
+    }
+
+    #[test]
+    fn the_superuser_logs_in_over_the_network_only_with_a_certificate() {
+        for (level, tls) in [(1, "Optional"), (3, "Required")] {
+            let hba = pg_hba_conf(&spec(level, tls, serde_json::json!({})));
+            // pg_hba.conf is read top down: the first line that matches decides.
+            let methods: Vec<&str> = hba
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 4 && f[0].starts_with("host") && f[1] != "replication")
+                .filter(|f| f[2] == "postgres" || f[2] == "all")
+                .map(|f| f[f.len() - 1])
+                .collect();
+            let decided = methods.iter().find(|m| **m != "cert");
+            assert_eq!(decided, Some(&"reject"), "{hba}");
+            assert!(methods[0] == "cert", "{hba}");
+        }
     }
 
     #[test]

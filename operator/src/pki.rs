@@ -13,7 +13,11 @@ use rcgen::{
 /// issuing needs no certificate parser.
 const CA_COMMON_NAME: &str = "sectordb operator CA";
 const CA_DAYS: i64 = 3650;
-const SERVER_DAYS: i64 = 397;
+/// Server and client certificates live 90 days and are renewed in their last 7, as
+/// CloudNativePG does: a leaked key is useful for weeks, not years.
+pub const LEAF_DAYS: i64 = 90;
+const RENEW_BEFORE_DAYS: i64 = 7;
+const DAY: i64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 #[error("certificate: {0}")]
@@ -26,11 +30,27 @@ pub struct CertifiedKey {
     pub key_pem: String,
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+/// A server or client certificate and the instant (Unix seconds) it stops being valid, which
+/// the operator records beside it so it knows when to renew without parsing certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub key: CertifiedKey,
+    pub not_after: i64,
+}
+
+/// Whether a certificate valid until `not_after` is in its renewal window at `now`.
+pub fn renewal_due(not_after: i64, now: i64) -> bool {
+    now >= not_after - RENEW_BEFORE_DAYS * DAY
+}
+
+/// Sets the validity from an hour ago (absorbing clock skew between the operator and the
+/// servers) to `days` from now; returns the end.
+fn validity(params: &mut CertificateParams, days: i64) -> i64 {
     let now = jiff::Timestamp::now().as_second();
-    // A little backdating absorbs clock skew between the operator and the servers.
+    let not_after = now + days * DAY;
     params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_delta(now - 3600);
-    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_delta(now + days * 86_400);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_delta(not_after);
+    not_after
 }
 
 fn time_delta(seconds: i64) -> std::time::Duration {
@@ -70,14 +90,34 @@ pub fn issue_server(
     common_name: &str,
     dns_names: &[String],
     ips: &[IpAddr],
-) -> Result<CertifiedKey, Error> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
-    let issuer = Issuer::new(ca_params(), ca_key);
-    let key = KeyPair::generate()?;
+) -> Result<Leaf, Error> {
     let mut params = CertificateParams::new(dns_names.to_vec())?;
     params
         .subject_alt_names
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    issue(ca, params, common_name, ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+/// A TLS client certificate for the PostgreSQL role `user` (its common name, which
+/// PostgreSQL's `cert` authentication compares with the user name), signed by the CA.
+pub fn issue_client(ca: &CertifiedKey, user: &str) -> Result<Leaf, Error> {
+    issue(
+        ca,
+        CertificateParams::default(),
+        user,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
+}
+
+fn issue(
+    ca: &CertifiedKey,
+    mut params: CertificateParams,
+    common_name: &str,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<Leaf, Error> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let key = KeyPair::generate()?;
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
@@ -85,13 +125,16 @@ pub fn issue_server(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, SERVER_DAYS);
+    let not_after = validity(&mut params, LEAF_DAYS);
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+    Ok(Leaf {
+        key: CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        not_after,
     })
 }
 
@@ -126,7 +169,8 @@ mod tests {
             &["health-records-rw.so-y-te.svc".into()],
             &["10.96.0.42".parse().unwrap()],
         )
-        .unwrap();
+        .unwrap()
+        .key;
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
@@ -147,6 +191,44 @@ mod tests {
                 .verify_server_cert(&leaf, &[], &wrong, &[], UnixTime::now())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn client_certificates_verify_for_client_auth_only() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = new_ca().unwrap();
+        let client = issue_client(&ca, "postgres").unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        assert!((client.not_after - now - LEAF_DAYS * DAY).abs() < 60);
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let roots = std::sync::Arc::new(roots);
+        let leaf = CertificateDer::from_pem_slice(client.key.cert_pem.as_bytes()).unwrap();
+        rustls::server::WebPkiClientVerifier::builder(roots.clone())
+            .build()
+            .unwrap()
+            .verify_client_cert(&leaf, &[], UnixTime::now())
+            .unwrap();
+        // It cannot pose as a server.
+        let server_verifier = rustls::client::WebPkiServerVerifier::builder(roots)
+            .build()
+            .unwrap();
+        let name = ServerName::try_from("postgres").unwrap();
+        assert!(
+            server_verifier
+                .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn renewal_starts_seven_days_before_the_end() {
+        let end = 1_000 * DAY;
+        assert!(!renewal_due(end, end - 8 * DAY));
+        assert!(renewal_due(end, end - 7 * DAY));
+        assert!(renewal_due(end, end + 1));
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn explain(error: &tokio_postgres::Error) -> String {
 }
 
 /// Where and as whom to connect.
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     /// The name the server certificate carries (the Service DNS name).
     pub host: &'a str,
@@ -40,8 +41,16 @@ pub struct Target<'a> {
     pub addr: IpAddr,
     pub port: u16,
     pub user: &'a str,
-    pub password: &'a str,
+    pub login: Login<'a>,
     pub ca_pem: &'a str,
+}
+
+/// How the role proves who it is.
+#[derive(Clone, Copy)]
+pub enum Login<'a> {
+    Password(&'a str),
+    /// A client certificate and its key (PEM), for roles that log in only by certificate.
+    Certificate(&'a crate::pki::CertifiedKey),
 }
 
 /// Opens a TLS connection to `dbname`; the connection task runs until the client is dropped.
@@ -52,16 +61,20 @@ pub async fn connect(target: &Target<'_>, dbname: &str) -> Result<tokio_postgres
             .add(cert.map_err(|e| Error::Tls(e.to_string()))?)
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots);
     let mut config = tokio_postgres::Config::new();
+    let tls = match &target.login {
+        Login::Password(password) => {
+            config.password(*password);
+            tls.with_no_client_auth()
+        }
+        Login::Certificate(identity) => client_auth(tls, identity)?,
+    };
     config
         .host(target.host)
         .hostaddr(target.addr)
         .port(target.port)
         .user(target.user)
-        .password(target.password)
         .dbname(dbname)
         .application_name("sectordb-operator")
         .ssl_mode(SslMode::Require)
@@ -76,6 +89,20 @@ pub async fn connect(target: &Target<'_>, dbname: &str) -> Result<tokio_postgres
         }
     });
     Ok(client)
+}
+
+fn client_auth(
+    tls: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    identity: &crate::pki::CertifiedKey,
+) -> Result<rustls::ClientConfig, Error> {
+    let tls_error = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(&e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+        .map_err(|e| tls_error(&e))?;
+    tls.with_client_auth_cert(chain, key)
+        .map_err(|e| tls_error(&e))
 }
 
 pub fn ident(name: &str) -> String {
@@ -225,6 +252,61 @@ pub async fn set_archive_command(
     client.batch_execute(&statement).await?;
     client.batch_execute("SELECT pg_reload_conf()").await?;
     Ok(())
+}
+
+/// Puts `certificate` where the running server reads its TLS files and reloads it, unless the
+/// server already has it: a renewed certificate takes effect with no restart and no dropped
+/// session. The key is written first and the certificate last, so a failure part way leaves a
+/// certificate that differs and is written again on the next pass; a reload only ever sees a
+/// matching pair or keeps the pair it had.
+pub async fn install_server_certificate(
+    client: &tokio_postgres::Client,
+    certificate: &crate::pki::CertifiedKey,
+) -> Result<bool, Error> {
+    let files = client
+        .query_one(
+            "SELECT current_setting('ssl_key_file'), current_setting('ssl_cert_file'), \
+             pg_read_file(current_setting('ssl_cert_file'))",
+            &[],
+        )
+        .await?;
+    let (key_file, cert_file, served): (String, String, String) =
+        (files.get(0), files.get(1), files.get(2));
+    if served.trim_end() == certificate.cert_pem.trim_end() {
+        return Ok(false);
+    }
+    // The key travels inside the statement (COPY takes no parameters): no log may keep it. The
+    // settings go first, in a round trip of their own: the server decides whether to log a query
+    // string before running any statement in it.
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL log_statement = 'none'; SET LOCAL log_min_duration_statement = -1; \
+             SET LOCAL log_min_error_statement = 'panic'; SET LOCAL pgaudit.log = 'none'",
+        )
+        .await?;
+    let mut script = String::new();
+    for (text, file) in [
+        (&certificate.key_pem, key_file),
+        (&certificate.cert_pem, cert_file),
+    ] {
+        script.push_str(&write_lines_statement(text, &file));
+    }
+    client.batch_execute(&script).await?;
+    client
+        .batch_execute("COMMIT; SELECT pg_reload_conf()")
+        .await?;
+    Ok(true)
+}
+
+/// `COPY ... TO` writing `text` to `file` line by line (COPY's text format leaves PEM's
+/// characters as they are), the text hex-encoded so nothing in it can end the literal.
+fn write_lines_statement(text: &str, file: &str) -> String {
+    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "COPY (SELECT line FROM regexp_split_to_table(convert_from(decode('{hex}', 'hex'), 'UTF8'), \
+         E'\\n') WITH ORDINALITY AS t(line, n) WHERE line <> '' ORDER BY n) TO {};\n",
+        literal(file)
+    )
 }
 
 /// What the running server enforces, read from the server itself.

@@ -29,12 +29,7 @@ async fn server_with_database() -> (Postgres, tokio_postgres::Client) {
     sql::ensure_database(&pg.superuser().await, &spec(3, "Required"), OWNER_PASSWORD)
         .await
         .unwrap();
-    let su = sql::connect(
-        &pg.target("postgres", support::SUPERUSER_PASSWORD),
-        "health",
-    )
-    .await
-    .unwrap();
+    let su = pg.superuser_on("health").await;
     (pg, su)
 }
 

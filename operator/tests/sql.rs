@@ -130,10 +130,12 @@ async fn observe_reads_tls_and_pgaudit_from_the_server() {
         !seen.tls_enforced,
         "level 1 with Optional TLS accepts plain connections"
     );
+    sql::ensure_database(&open.superuser().await, &spec(1, "Optional"), APP_PASSWORD)
+        .await
+        .unwrap();
     let plain = format!(
-        "host=127.0.0.1 port={} user=postgres password={} dbname=postgres sslmode=disable",
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=health sslmode=disable",
         open.port,
-        support::SUPERUSER_PASSWORD
     );
     assert!(tokio_postgres::connect(&plain, NoTls).await.is_ok());
 }
@@ -239,4 +241,134 @@ async fn the_replication_role_streams_only_and_takes_a_new_password_from_its_sec
         .get(0);
     assert!(verifier.starts_with("SCRAM-SHA-256$"));
     assert!(!pg.log().contains("replication-pw-two") && !pg.log().contains("replication-pw-one"));
+}
+
+/// The certificate the server at `port` presents in its TLS handshake, as PEM.
+fn served_certificate(port: u16) -> String {
+    let output = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "openssl s_client -starttls postgres -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509"
+            ),
+        ])
+        .output()
+        .expect("openssl runs");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_superuser_logs_in_over_tcp_only_with_the_operator_s_certificate() {
+    install_crypto();
+    let pg = Postgres::start(&spec(1, "Optional"));
+    let su = pg.superuser().await;
+    // Even a password someone set on the role (a restored database brings its source's) opens
+    // nothing over the network.
+    su.batch_execute("ALTER ROLE postgres PASSWORD 'known-password'")
+        .await
+        .unwrap();
+    assert!(
+        sql::connect(&pg.target("postgres", "known-password"), "postgres")
+            .await
+            .is_err()
+    );
+    let plain = format!(
+        "host=127.0.0.1 port={} user=postgres password=known-password dbname=postgres sslmode=disable",
+        pg.port
+    );
+    assert!(tokio_postgres::connect(&plain, NoTls).await.is_err());
+    // Certificates that are not the operator's superuser certificate.
+    let other_ca = sectordb::pki::new_ca().unwrap();
+    let foreign = sectordb::pki::issue_client(&other_ca, "postgres")
+        .unwrap()
+        .key;
+    let another_user = sectordb::pki::issue_client(&pg.ca, "app").unwrap().key;
+    let server = sectordb::pki::issue_server(&pg.ca, "postgres", &["postgres".into()], &[])
+        .unwrap()
+        .key;
+    for (what, identity) in [
+        ("another CA's certificate", &foreign),
+        ("a certificate for another user", &another_user),
+        ("a server certificate", &server),
+    ] {
+        let target = sql::Target {
+            login: sql::Login::Certificate(identity),
+            ..pg.superuser_target()
+        };
+        assert!(
+            sql::connect(&target, "postgres").await.is_err(),
+            "{what} must not log in as postgres"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_after_a_reload_without_a_restart() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    let su = pg.superuser().await;
+    // Log every statement, as an agency could ask: the key must still not reach the log.
+    for statement in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "SELECT pg_reload_conf()",
+    ] {
+        su.batch_execute(statement).await.unwrap();
+    }
+    let started: String = su
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let renewed = sectordb::pki::issue_server(
+        &pg.ca,
+        "localhost",
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+    )
+    .unwrap()
+    .key;
+    assert_ne!(served_certificate(pg.port).trim(), renewed.cert_pem.trim());
+    assert!(
+        sql::install_server_certificate(&su, &renewed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !sql::install_server_certificate(&su, &renewed)
+            .await
+            .unwrap(),
+        "a second pass changes nothing"
+    );
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = served_certificate(pg.port);
+        if served.trim() == renewed.cert_pem.trim() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(served.trim(), renewed.cert_pem.trim());
+    // The session made before the renewal still works; the server did not restart.
+    let now: String = su
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(now, started);
+    assert!(
+        sql::connect(&pg.superuser_target(), "postgres")
+            .await
+            .is_ok()
+    );
+    let log = pg.log();
+    let key_line = renewed.key_pem.lines().nth(1).unwrap();
+    let key_hex: String = key_line.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        log.contains("SELECT pg_postmaster_start_time()::text"),
+        "statements are logged"
+    );
+    assert!(
+        !log.contains(key_line) && !log.contains(&key_hex),
+        "the key reached the log"
+    );
 }

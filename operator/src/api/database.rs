@@ -351,9 +351,6 @@ pub struct SecretNames {
     /// Credentials of the database owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
-    /// Credentials of the PostgreSQL superuser.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub superuser: Option<String>,
     /// The CA certificate that signs the server certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -221,13 +221,7 @@ pub async fn prepare(
         )));
     }
     let Some(policy) = policies.pop() else {
-        let uid = db.uid().unwrap_or_default();
-        if own
-            .get_opt(&n.backup)
-            .await?
-            .is_some_and(|s| crate::apply::owned_by(&s, &uid))
-        {
-            own.delete(&n.backup, &DeleteParams::default()).await?;
+        if crate::apply::delete_owned(&own, &n.backup, &db.uid().unwrap_or_default()).await? {
             ctx.metrics.write(CONTROLLER_DATABASE, "Secret");
         }
         return Ok(Err(not_backed_up(

@@ -18,7 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::ca::operator_ca;
+use super::ca::{operator_ca, superuser_certificate};
 use super::{
     Context, Error, Result, announce, apply_child, event, now, secret_value, write_status,
 };
@@ -360,23 +360,14 @@ async fn superuser_session(
             db.name_any()
         )));
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let superuser = secrets
-        .get_opt(&dataplane::names(&db.name_any()).superuser)
-        .await?;
-    let Some(password) = secret_value(superuser.as_ref(), "password") else {
-        return Ok(Err(format!(
-            "the superuser Secret of {namespace}/{} is missing",
-            db.name_any()
-        )));
-    };
     let ca = operator_ca(ctx).await?;
+    let certificate = superuser_certificate(ctx).await?;
     let target = sql::Target {
         host: &endpoint.host,
         addr,
         port: PORT as u16,
         user: "postgres",
-        password: &password,
+        login: sql::Login::Certificate(&certificate),
         ca_pem: &ca.cert_pem,
     };
     Ok(sql::connect(&target, &db.spec.database.name)
@@ -688,13 +679,7 @@ async fn revoke_access(
     let policies: Api<NetworkPolicy> =
         Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let hole = sharing::network_policy_name(conn);
-    let uid = conn.uid().unwrap_or_default();
-    if policies
-        .get_opt(&hole)
-        .await?
-        .is_some_and(|p| crate::apply::owned_by(&p, &uid))
-    {
-        policies.delete(&hole, &DeleteParams::default()).await?;
+    if crate::apply::delete_owned(&policies, &hole, &conn.uid().unwrap_or_default()).await? {
         ctx.metrics.write(CONTROLLER, "NetworkPolicy");
     }
     Ok(())

@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::ca::operator_ca;
+use super::ca::{NOT_AFTER_ANNOTATION, operator_ca, superuser_certificate};
 use super::{Context, Result, announce, apply_child, event, now, write_status};
 use super::{backups, restore, secret_value};
 use crate::api::database::{
@@ -53,7 +53,7 @@ pub struct Provisioned {
     /// why it could not be reached, `None` when no instance was ready to try.
     pub sql: Option<Result<Observed, String>>,
     /// Problems that do not stop the database, e.g. storage that could not be expanded.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// The backup step's findings; `None` when PostgreSQL could not be asked (the BackedUp
     /// condition then stays as it was).
     pub backup: Option<backups::Outcome>,
@@ -230,7 +230,8 @@ pub fn desired_status(
             };
             let mut degraded = degraded;
             if !p.warnings.is_empty() {
-                degraded.message = format!("{}; {}", degraded.message, p.warnings.join("; "));
+                let messages: Vec<&str> = p.warnings.iter().map(|w| w.message.as_str()).collect();
+                degraded.message = format!("{}; {}", degraded.message, messages.join("; "));
             }
             let mut wanted = vec![ready, progressing, degraded, compliant];
             if let Some(backup) = &p.backup {
@@ -275,7 +276,6 @@ pub fn desired_status(
         secrets: provisioned
             .map(|_| SecretNames {
                 app: Some(n.app),
-                superuser: Some(n.superuser),
                 ca: Some(n.ca),
             })
             .or(previous.secrets),
@@ -354,41 +354,30 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
 
     let ca = operator_ca(ctx).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let mut passwords = Vec::new();
-    for (name, user, dbname) in [
-        (&n.superuser, "postgres", "postgres"),
-        (
+    let existing = secrets.get_opt(&n.app).await?;
+    let owner_password =
+        secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
+    let app_endpoint = dataplane::Endpoint {
+        host: &host,
+        host_addr: &cluster_ip,
+        database: &db.spec.database.name,
+    };
+    apply_child(
+        ctx,
+        CONTROLLER,
+        &secrets,
+        dataplane::credentials_secret(
+            db,
             &n.app,
-            db.spec.database.owner.as_str(),
-            db.spec.database.name.as_str(),
+            &dataplane::Credentials {
+                endpoint: &app_endpoint,
+                user: &db.spec.database.owner,
+                password: &owner_password,
+                ca_pem: &ca.cert_pem,
+            },
         ),
-    ] {
-        let existing = secrets.get_opt(name).await?;
-        let password =
-            secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
-        let endpoint = dataplane::Endpoint {
-            host: &host,
-            host_addr: &cluster_ip,
-            database: dbname,
-        };
-        apply_child(
-            ctx,
-            CONTROLLER,
-            &secrets,
-            dataplane::credentials_secret(
-                db,
-                name,
-                &dataplane::Credentials {
-                    endpoint: &endpoint,
-                    user,
-                    password: &password,
-                    ca_pem: &ca.cert_pem,
-                },
-            ),
-        )
-        .await?;
-        passwords.push(password);
-    }
+    )
+    .await?;
     let existing = secrets.get_opt(&n.replication).await?;
     let replication_password =
         secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
@@ -407,40 +396,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         )
         .await?;
     }
-
-    // The server certificate names the Services and their ClusterIPs; reissued only when those
-    // change.
-    let dns = dataplane::service_dns_names(db);
-    let ips: Vec<IpAddr> = cluster_ips
-        .values()
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
-    let sans = format!(
-        "{};{}",
-        dns.join(","),
-        cluster_ips.values().cloned().collect::<Vec<_>>().join(",")
-    );
-    let current = secrets.get_opt(&n.server_tls).await?;
-    if current
-        .as_ref()
-        .and_then(|s| s.annotations().get(SANS_ANNOTATION))
-        != Some(&sans)
-    {
-        let cert = pki::issue_server(ca, &host, &dns, &ips)?;
-        let mut secret = dataplane::opaque_secret(
-            db,
-            &n.server_tls,
-            &[
-                ("tls.crt", &cert.cert_pem),
-                ("tls.key", &cert.key_pem),
-                ("ca.crt", &ca.cert_pem),
-            ],
-        );
-        secret
-            .annotations_mut()
-            .insert(SANS_ANNOTATION.into(), sans);
-        apply_child(ctx, CONTROLLER, &secrets, secret).await?;
-    }
+    let server_certificate = server_certificate(ctx, db, &secrets, ca, &host, &cluster_ips).await?;
 
     apply_child(
         ctx,
@@ -485,9 +441,13 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
             ctx.metrics.write(CONTROLLER, &api.kind);
         }
     }
-    label_roles(db, ctx).await?;
-    let warnings = grow_volumes(db, ctx).await?;
-    let pods_ready = live.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let pods = label_roles(db, ctx).await?;
+    let mut warnings = grow_volumes(db, ctx).await?;
+    let pods_ready = live
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
 
     // A restored server carries the source's passwords until it is taken over.
     let restoring =
@@ -496,8 +456,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let mut adopt_error = None;
     if restoring && pods_ready > 0 {
         let roles = [
-            ("postgres", passwords[0].as_str()),
-            (db.spec.database.owner.as_str(), passwords[1].as_str()),
+            (db.spec.database.owner.as_str(), owner_password.as_str()),
             (dataplane::REPLICATION_USER, replication_password.as_str()),
         ];
         match restore::adopt(ctx, db, &roles, &now()).await? {
@@ -507,6 +466,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     }
     let plan = backups::prepare(ctx, db).await?;
     let archive_command = plan.as_ref().ok().map(|p| p.archive_command.as_str());
+    let superuser = superuser_certificate(ctx).await?;
     let mut sql = match (pods_ready, cluster_ip.parse::<IpAddr>()) {
         (0, _) | (_, Err(_)) => None,
         _ if restoring && restored.is_none() => adopt_error.map(Err),
@@ -516,14 +476,17 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 addr,
                 port: PORT as u16,
                 user: "postgres",
-                password: &passwords[0],
+                login: sql::Login::Certificate(&superuser),
                 ca_pem: &ca.cert_pem,
             };
+            let standbys = standby_addresses(&pods, &live.uid().unwrap_or_default());
+            warnings.extend(renew_standbys(&standbys, &target, &server_certificate).await);
             Some(
                 configure_postgres(
                     db,
                     &target,
-                    &passwords[1],
+                    &server_certificate,
+                    &owner_password,
                     &replication_password,
                     archive_command,
                 )
@@ -567,6 +530,70 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     })
 }
 
+/// The server certificate in `<db>-server-tls`, naming the Services and their ClusterIPs;
+/// reissued when those names change or its renewal window opens.
+async fn server_certificate(
+    ctx: &Context,
+    db: &SectorDatabase,
+    secrets: &Api<Secret>,
+    ca: &pki::CertifiedKey,
+    host: &str,
+    cluster_ips: &std::collections::BTreeMap<String, String>,
+) -> Result<pki::CertifiedKey> {
+    let name = dataplane::names(&db.name_any()).server_tls;
+    let dns = dataplane::service_dns_names(db);
+    let ips: Vec<IpAddr> = cluster_ips
+        .values()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let sans = format!(
+        "{};{}",
+        dns.join(","),
+        cluster_ips.values().cloned().collect::<Vec<_>>().join(",")
+    );
+    let current = secrets.get_opt(&name).await?;
+    let now = jiff::Timestamp::now().as_second();
+    let valid = current.as_ref().filter(|s| {
+        let annotations = s.annotations();
+        annotations.get(SANS_ANNOTATION) == Some(&sans)
+            && annotations
+                .get(NOT_AFTER_ANNOTATION)
+                .and_then(|v| v.parse().ok())
+                .is_some_and(|end| !pki::renewal_due(end, now))
+    });
+    if let Some(secret) = valid {
+        if let (Some(cert_pem), Some(key_pem)) = (
+            secret_value(Some(secret), "tls.crt"),
+            secret_value(Some(secret), "tls.key"),
+        ) {
+            return Ok(pki::CertifiedKey { cert_pem, key_pem });
+        }
+    }
+    let leaf = pki::issue_server(ca, host, &dns, &ips)?;
+    let mut secret = dataplane::opaque_secret(
+        db,
+        &name,
+        &[
+            ("tls.crt", &leaf.key.cert_pem),
+            ("tls.key", &leaf.key.key_pem),
+            ("ca.crt", &ca.cert_pem),
+        ],
+    );
+    let annotations = secret.annotations_mut();
+    annotations.insert(SANS_ANNOTATION.into(), sans);
+    annotations.insert(NOT_AFTER_ANNOTATION.into(), leaf.not_after.to_string());
+    apply_child(ctx, CONTROLLER, secrets, secret).await?;
+    Ok(leaf.key)
+}
+
+/// A problem that does not stop the database: reported in the Degraded condition and as a
+/// warning Event with this reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Whole days from `from` to `to`; 0 when `to` is earlier.
 fn days_between(from: &Time, to: &Time) -> i32 {
     let seconds = to.0.as_second() - from.0.as_second();
@@ -576,6 +603,7 @@ fn days_between(from: &Time, to: &Time) -> i32 {
 async fn configure_postgres(
     db: &SectorDatabase,
     target: &sql::Target<'_>,
+    server_certificate: &pki::CertifiedKey,
     owner_password: &str,
     replication_password: &str,
     archive_command: Option<&str>,
@@ -593,6 +621,7 @@ async fn configure_postgres(
             Err(error) => return Err(error),
         }
     };
+    sql::install_server_certificate(&client, server_certificate).await?;
     sql::ensure_role(
         &client,
         dataplane::REPLICATION_USER,
@@ -614,13 +643,15 @@ async fn configure_postgres(
 
 /// Keeps the role label on each instance's pod: the read-only Service selects the replicas by it.
 /// A replaced pod arrives without the label and wakes this controller through its StatefulSet.
-async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<()> {
+/// Returns the instances' pods.
+async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let selector = format!(
         "app.kubernetes.io/instance={},app.kubernetes.io/name=sectordb-postgres",
         db.name_any()
     );
-    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    for pod in &list.items {
         let name = pod.name_any();
         let role = dataplane::role_of(&name);
         if pod.labels().get(dataplane::ROLE_LABEL).map(String::as_str) == Some(role) {
@@ -631,12 +662,61 @@ async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<()> {
             .await?;
         ctx.metrics.write(CONTROLLER, "Pod");
     }
-    Ok(())
+    Ok(list.items)
+}
+
+/// The addresses of the ready standbys: pods of the StatefulSet `statefulset_uid` (a pod the
+/// agency made with the same labels is not one), other than ordinal 0.
+fn standby_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAddr)> {
+    pods.iter()
+        .filter(|p| crate::apply::owned_by(*p, statefulset_uid))
+        .filter(|p| dataplane::role_of(&p.name_any()) == "replica")
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+            Some((p.name_any(), ip))
+        })
+        .collect()
+}
+
+/// Installs the current server certificate in each standby (the primary gets it in
+/// `configure_postgres`); one that cannot be reached keeps serving its previous, still valid,
+/// certificate and is reported.
+async fn renew_standbys(
+    standbys: &[(String, IpAddr)],
+    primary: &sql::Target<'_>,
+    certificate: &pki::CertifiedKey,
+) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (pod, addr) in standbys {
+        let target = sql::Target {
+            addr: *addr,
+            ..*primary
+        };
+        let installed = match sql::connect(&target, "postgres").await {
+            Ok(session) => sql::install_server_certificate(&session, certificate).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = installed {
+            warnings.push(Warning {
+                reason: "CertificateNotInstalled",
+                message: format!(
+                    "instance {pod} still serves its previous server certificate: {error}"
+                ),
+            });
+        }
+    }
+    warnings
 }
 
 /// Asks for more space on each volume smaller than the spec; reports what the storage class
 /// refuses rather than failing the reconcile.
-async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<String>> {
+async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<Warning>> {
     let Some(wanted) = quantity::bytes(&db.spec.storage.size.0) else {
         return Ok(vec![]);
     };
@@ -670,11 +750,14 @@ async fn grow_volumes(db: &SectorDatabase, ctx: &Context) -> Result<Vec<String>>
             )
             .await
         {
-            warnings.push(format!(
-                "volume {} was not expanded to {}: {error}",
-                pvc.name_any(),
-                db.spec.storage.size.0
-            ));
+            warnings.push(Warning {
+                reason: "StorageNotExpanded",
+                message: format!(
+                    "volume {} was not expanded to {}: {error}",
+                    pvc.name_any(),
+                    db.spec.storage.size.0
+                ),
+            });
         }
     }
     Ok(warnings)
@@ -697,7 +780,7 @@ async fn apply_database(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Ac
         Err(_) => None,
     };
     for warning in provisioned.iter().flat_map(|p| &p.warnings) {
-        event(ctx, &*db, true, "StorageNotExpanded", warning.clone()).await;
+        event(ctx, &*db, true, warning.reason, warning.message.clone()).await;
     }
     let backup = provisioned.as_ref().and_then(|p| p.backup.as_ref());
     if let Some((warning, reason, message)) = backup.and_then(|b| b.event.clone()) {

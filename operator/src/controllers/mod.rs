@@ -45,6 +45,8 @@ pub struct Context {
     pub disruption_budget_api: Option<kube::api::ApiResource>,
     /// The operator's CA, loaded or created on first use.
     pub ca: tokio::sync::OnceCell<crate::pki::CertifiedKey>,
+    /// The superuser's client certificate, loaded on first use and renewed when due.
+    pub superuser: tokio::sync::Mutex<Option<crate::pki::Leaf>>,
 }
 
 /// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
@@ -54,8 +56,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Certificate(#[from] crate::pki::Error),
-    #[error("the operator's CA Secret is malformed: {0}")]
-    MalformedCa(String),
+    #[error("a Secret of the operator's is malformed: {0}")]
+    MalformedSecret(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("PostgreSQL: {0}")]
@@ -81,7 +83,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "ApiError",
-            Error::Certificate(_) | Error::MalformedCa(_) => "CertificateError",
+            Error::Certificate(_) | Error::MalformedSecret(_) => "CertificateError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Sql(_) => "SqlError",
             Error::Backup(_) => "BackupError",

@@ -12,12 +12,13 @@ use sectordb::api::database::SectorDatabaseSpec;
 use sectordb::{pgconf, pki, sql};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
-pub const SUPERUSER_PASSWORD: &str = "test-superuser-password";
 
 pub struct Postgres {
     pub dir: PathBuf,
     pub port: u16,
     pub ca: pki::CertifiedKey,
+    /// The operator's client certificate for `postgres`: the superuser's only way in over TCP.
+    pub superuser_certificate: pki::CertifiedKey,
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
@@ -75,18 +76,20 @@ impl Postgres {
             &["localhost".into()],
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         )
-        .unwrap();
+        .unwrap()
+        .key;
+        let superuser_certificate = pki::issue_client(&ca, "postgres").unwrap().key;
         write_owned(&dir.join("tls.crt"), &server.cert_pem, 0o644);
         write_owned(&dir.join("tls.key"), &server.key_pem, 0o600);
         // Another server subscribing to this one verifies it with this file.
         write_owned(&dir.join("ca.crt"), &ca.cert_pem, 0o644);
-        write_owned(&dir.join("pw"), SUPERUSER_PASSWORD, 0o600);
         write_owned(&dir.join("pg_hba.conf"), &pgconf::pg_hba_conf(spec), 0o644);
         // The operator's file, then the paths of this test's directory (later lines win).
         let d = dir.display();
         let conf = format!(
             "{}\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{d}'\n\
              hba_file = '{d}/pg_hba.conf'\nssl_cert_file = '{d}/tls.crt'\nssl_key_file = '{d}/tls.key'\n\
+             ssl_ca_file = '{d}/ca.crt'\n\
              log_destination = 'stderr'\n",
             pgconf::postgresql_conf(spec)
         );
@@ -98,9 +101,8 @@ impl Postgres {
                 "-D",
                 &data,
                 "--username=postgres",
-                &format!("--pwfile={d}/pw"),
                 "--auth-local=peer",
-                "--auth-host=scram-sha-256",
+                "--auth-host=reject",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
             ],
@@ -120,24 +122,42 @@ impl Postgres {
                 "start",
             ],
         );
-        Postgres { dir, port, ca }
+        Postgres {
+            dir,
+            port,
+            ca,
+            superuser_certificate,
+        }
     }
 
     pub fn target<'a>(&'a self, user: &'a str, password: &'a str) -> sql::Target<'a> {
         sql::Target {
+            user,
+            login: sql::Login::Password(password),
+            ..self.superuser_target()
+        }
+    }
+
+    /// The superuser, with the operator's client certificate.
+    pub fn superuser_target(&self) -> sql::Target<'_> {
+        sql::Target {
             host: "localhost",
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: self.port,
-            user,
-            password,
+            user: "postgres",
+            login: sql::Login::Certificate(&self.superuser_certificate),
             ca_pem: &self.ca.cert_pem,
         }
     }
 
     pub async fn superuser(&self) -> tokio_postgres::Client {
-        sql::connect(&self.target("postgres", SUPERUSER_PASSWORD), "postgres")
+        self.superuser_on("postgres").await
+    }
+
+    pub async fn superuser_on(&self, dbname: &str) -> tokio_postgres::Client {
+        sql::connect(&self.superuser_target(), dbname)
             .await
-            .expect("superuser connects over TLS")
+            .expect("superuser connects over TLS with the operator's certificate")
     }
 
     pub fn log(&self) -> String {
