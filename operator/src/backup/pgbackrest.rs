@@ -208,6 +208,43 @@ struct BackupInfo {
     info: SizeInfo,
     #[serde(default)]
     error: bool,
+    #[serde(default)]
+    annotation: std::collections::BTreeMap<String, String>,
+}
+
+/// The pgBackRest annotation on a full backup taken outside the schedule: on request, or the
+/// last one before a database is deleted.
+const OUTSIDE_SCHEDULE: &str = "sectordb-outside-schedule";
+
+/// The arguments of one `pgbackrest backup` of `kind`. A backup outside the schedule is marked,
+/// and every backup keeps the policy's `fullBackups` besides the marked full backups the
+/// repository holds (`info`, as `pgbackrest info --output=json` printed it): pgBackRest counts
+/// every full backup against its retention, so without this an agency requesting backups could
+/// expire the scheduled ones the policy keeps.
+pub fn backup_args(
+    kind: &str,
+    outside_schedule: bool,
+    policy: &BackupPolicySpec,
+    info: &str,
+) -> Result<Vec<String>, String> {
+    let stanzas: Vec<StanzaInfo> =
+        serde_json::from_str(info).map_err(|e| format!("unreadable pgbackrest info: {e}"))?;
+    let marked = stanzas
+        .iter()
+        .flat_map(|s| &s.backup)
+        .filter(|b| b.kind == "full" && b.annotation.contains_key(OUTSIDE_SCHEDULE))
+        .count();
+    let keep =
+        i64::from(policy.retention.full_backups) + marked as i64 + i64::from(outside_schedule);
+    let mut args = vec![
+        format!("--type={kind}"),
+        format!("--repo1-retention-full={keep}"),
+    ];
+    if outside_schedule {
+        args.push(format!("--annotation={OUTSIDE_SCHEDULE}=true"));
+    }
+    args.push("backup".into());
+    Ok(args)
 }
 
 #[derive(Deserialize)]
@@ -289,6 +326,43 @@ mod tests {
             ca_pem: Some("CA"),
             passphrase,
         }
+    }
+
+    #[test]
+    fn backups_outside_the_schedule_never_count_against_the_policy_s_retention() {
+        let spec = policy(serde_json::json!({}));
+        let full = spec.retention.full_backups;
+        let info = |marked: usize| {
+            let mut backups =
+                vec![serde_json::json!({"type": "full", "annotation": {"other": "x"}})];
+            backups.extend((0..marked).map(
+                |_| serde_json::json!({"type": "full", "annotation": {OUTSIDE_SCHEDULE: "true"}}),
+            ));
+            backups.push(
+                serde_json::json!({"type": "diff", "annotation": {OUTSIDE_SCHEDULE: "true"}}),
+            );
+            for b in &mut backups {
+                b["label"] = "l".into();
+                b["timestamp"] = serde_json::json!({"start": 1, "stop": 2});
+                b["info"] = serde_json::json!({"repository": {"delta": 1}});
+            }
+            serde_json::json!([{"backup": backups}]).to_string()
+        };
+        let scheduled = backup_args("diff", false, &spec, &info(0)).unwrap();
+        assert_eq!(
+            scheduled,
+            [
+                "--type=diff",
+                &format!("--repo1-retention-full={full}"),
+                "backup"
+            ]
+        );
+        let scheduled = backup_args("full", false, &spec, &info(2)).unwrap();
+        assert!(scheduled.contains(&format!("--repo1-retention-full={}", full + 2)));
+        let requested = backup_args("full", true, &spec, &info(2)).unwrap();
+        assert!(requested.contains(&format!("--repo1-retention-full={}", full + 3)));
+        assert!(requested.contains(&format!("--annotation={OUTSIDE_SCHEDULE}=true")));
+        assert!(backup_args("full", true, &spec, "not json").is_err());
     }
 
     #[test]

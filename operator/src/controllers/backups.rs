@@ -307,6 +307,18 @@ pub async fn recorded_stanza(ctx: &Context, namespace: &str, name: &str) -> Resu
         .and_then(|m| m.data?.remove(&catalog_key(namespace, name))))
 }
 
+/// The standard output of a command that succeeded, or what went wrong, prefixed with `what`.
+fn stdout_of(
+    result: std::result::Result<exec::Output, String>,
+    what: &str,
+) -> std::result::Result<String, String> {
+    match result {
+        Ok(out) if out.succeeded() => Ok(out.stdout),
+        Ok(out) => Err(format!("{what}: {}", out.tail())),
+        Err(error) => Err(format!("{what}: {error}")),
+    }
+}
+
 /// A full backup of a database about to be deleted with `deletionPolicy: Delete`, when a policy
 /// covers it. `Ok(None)`: no policy covers it, nothing to do; `Err` with why the backup could not
 /// be taken, and then the volumes must stay.
@@ -329,10 +341,18 @@ pub async fn final_backup(
             Duration::from_secs(seconds + 30),
         )
     };
-    match run(&["--type=full", "backup"], 3600).await {
-        Ok(out) if out.succeeded() => {}
-        Ok(out) => return Ok(Err(format!("final backup: {}", out.tail()))),
+    let info = stdout_of(
+        run(&["info", "--output=json"], 120).await,
+        "pgbackrest info",
+    );
+    let args = match info.and_then(|i| pgbackrest::backup_args("full", true, &plan.policy.spec, &i))
+    {
+        Ok(args) => args,
         Err(error) => return Ok(Err(format!("final backup: {error}"))),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(error) = stdout_of(run(&args, 3600).await, "final backup") {
+        return Ok(Err(error));
     }
     let repo = &plan.policy.spec.repositories[0].name;
     let label = match run(&["info", "--output=json"], 120).await {
@@ -446,8 +466,18 @@ pub async fn run(
     };
     let mut event = None;
     if let Some(kind) = kind {
-        let type_arg = format!("--type={}", kind.as_str());
-        let out = match exec_in(&[&type_arg, "backup"], 3600).await {
+        let info = stdout_of(
+            exec_in(&["info", "--output=json"], 120).await,
+            "pgbackrest info",
+        );
+        let args = match info.and_then(|info| {
+            pgbackrest::backup_args(kind.as_str(), requested, &plan.policy.spec, &info)
+        }) {
+            Ok(args) => args,
+            Err(error) => return Ok(failed("InfoFailed", error, &state)),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = match exec_in(&args, 3600).await {
             Ok(out) => out,
             Err(error) => return Ok(failed("BackupFailed", error, &state)),
         };
