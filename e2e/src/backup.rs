@@ -155,6 +155,54 @@ s3.put_object(Bucket=e["BUCKET"], Key=e["OBJECT"], Body=os.urandom(max(size, 64)
     Ok(())
 }
 
+/// Stores `mib` MiB of random bytes as `key` in `store`'s bucket; returns their SHA-256.
+pub async fn put_large(
+    client: &Client,
+    store: &ObjectStore,
+    key: &str,
+    mib: u32,
+) -> Result<String> {
+    let script = r#"
+import hashlib, tempfile
+h = hashlib.sha256()
+with tempfile.TemporaryFile() as f:
+    for _ in range(int(e["MIB"])):
+        b = os.urandom(1 << 20)
+        h.update(b)
+        f.write(b)
+    f.seek(0)
+    s3.upload_fileobj(f, e["BUCKET"], e["OBJECT"])
+print(json.dumps(h.hexdigest()))
+"#;
+    let mib = mib.to_string();
+    let out = boto3(client, store, &[("OBJECT", key), ("MIB", &mib)], script).await?;
+    Ok(serde_json::from_slice(&out)?)
+}
+
+/// The size and SHA-256 of the object `key` in `store`'s bucket, read in full; `None` while it
+/// does not exist.
+pub async fn digest(
+    client: &Client,
+    store: &ObjectStore,
+    key: &str,
+) -> Result<Option<(u64, String)>> {
+    let script = r#"
+import hashlib
+try:
+    body = s3.get_object(Bucket=e["BUCKET"], Key=e["OBJECT"])["Body"]
+except s3.exceptions.NoSuchKey:
+    print("null")
+else:
+    h, n = hashlib.sha256(), 0
+    for chunk in body.iter_chunks(1 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    print(json.dumps([n, h.hexdigest()]))
+"#;
+    let out = boto3(client, store, &[("OBJECT", key)], script).await?;
+    Ok(serde_json::from_slice(&out)?)
+}
+
 /// What whoever holds the provincial keys could do: overwrite the object `overwrite` with
 /// garbage of another size, and delete `delete`.
 pub async fn tamper(

@@ -362,6 +362,32 @@ pub fn served_certificate(addr: &str) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// The operator process's peak resident memory so far (`VmHWM`, in bytes), read from `/proc`
+/// on this node, where the local cluster runs its containers.
+pub fn operator_peak_memory() -> Result<u64> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let dir = entry?.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.len() > 1 && args[0].ends_with(b"sectordb-operator") && args[1] == b"run" {
+            let status = std::fs::read_to_string(dir.join("status"))?;
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .context("no VmHWM")?;
+            found.push(kib * 1024);
+        }
+    }
+    match found[..] {
+        [bytes] => Ok(bytes),
+        _ => Err(anyhow!("{} operator processes on this node", found.len())),
+    }
+}
+
 /// The operator pod that is not being deleted.
 pub async fn operator_pod(client: &Client) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);

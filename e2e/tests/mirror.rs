@@ -9,9 +9,56 @@ use anyhow::{Context as _, Result};
 use kube::Api;
 use sectordb::api::BackupPolicy;
 use sectordb_e2e::backup::{Outage, Setup, mirrored_after, objects, request_backup, request_done};
-use sectordb_e2e::{client, metric, wait_for};
+use sectordb_e2e::{client, metric, operator_peak_memory, operator_pod, poll, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_large_object_streams_through_the_mirror_in_bounded_memory() -> Result<()> {
+    const MIB: u32 = 320;
+    let client = client().await?;
+    let (setup, provincial, government) = Setup::new(&client, "large", 1, Some("10m")).await?;
+    let ns = setup.ns.name.clone();
+    setup.backed_up_database().await?;
+    let restarts = |pod: &k8s_openapi::api::core::v1::Pod| -> i32 {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+    };
+    let operator = operator_pod(&client).await?;
+    let before = operator_peak_memory()?;
+    // Larger than the operator's memory limit (256Mi): a copy held whole would be OOM-killed.
+    let key = "large/object.bin";
+    let sha =
+        sectordb_e2e::backup::put_large(&client, &provincial, &format!("{ns}/{key}"), MIB).await?;
+    let mirrored = format!("mirror-{ns}/{key}");
+    let copied = poll(5 * MINUTE, "the large object mirrored", || async {
+        sectordb_e2e::backup::digest(&client, &government, &mirrored)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await?;
+    assert_eq!(
+        copied,
+        (u64::from(MIB) << 20, sha),
+        "the mirror's copy differs"
+    );
+    let grown = operator_peak_memory()?.saturating_sub(before);
+    assert!(
+        grown < 160 << 20,
+        "the operator's peak memory grew by {} MiB copying {MIB} MiB",
+        grown >> 20
+    );
+    let now = operator_pod(&client).await?;
+    assert_eq!(
+        (now.metadata.uid.clone(), restarts(&now)),
+        (operator.metadata.uid.clone(), restarts(&operator)),
+        "the operator restarted"
+    );
+    setup.delete().await
+}
 
 #[tokio::test]
 async fn a_mirror_keeps_the_encrypted_backups_in_the_government_data_center() -> Result<()> {

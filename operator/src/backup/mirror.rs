@@ -13,7 +13,8 @@ use md5::{Digest, Md5};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, Certificate, ClientOptions, GetResult, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 
 use crate::api::policy::{Repository, UriStyle};
@@ -150,14 +151,113 @@ impl Bucket {
     }
 }
 
-/// Copies one object and checks the copy: the mirror's ETag of a single-part upload is the MD5
-/// of the bytes it stored, which must be the MD5 of the bytes read from the primary.
+/// Objects up to this size are copied in one request; larger ones stream through in parts of
+/// this size, at most two in flight, so a copy holds a few parts in memory whatever the
+/// object's size (S3 wants parts of 5 MiB at least).
+const PART: usize = 8 * 1024 * 1024;
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Copies one object and checks the copy against what the mirror says it stored. The size the
+/// primary gives when the object is read (not when it was listed) decides how.
 async fn copy(primary: &Bucket, mirror: &Bucket, key: &str) -> Result<u64, String> {
-    let bytes = primary
+    let source = primary
         .store
         .get(&primary.path(key))
         .await
-        .map_err(|e| format!("reading {key}: {e}"))?
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    if source.meta.size > PART as u64 {
+        return copy_in_parts(source, mirror, key).await;
+    }
+    copy_whole(source, mirror, key).await
+}
+
+/// The ETag S3 gives an object uploaded in parts of `PART` bytes: the MD5 of the parts' MD5s,
+/// then `-` and the number of parts.
+#[derive(Default)]
+struct PartsDigest {
+    part: Md5,
+    in_part: usize,
+    digests: Vec<u8>,
+    parts: usize,
+}
+
+impl PartsDigest {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = bytes.len().min(PART - self.in_part);
+            self.part.update(&bytes[..take]);
+            self.in_part += take;
+            bytes = &bytes[take..];
+            if self.in_part == PART {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let part = std::mem::take(&mut self.part);
+        self.digests.extend_from_slice(&part.finalize());
+        self.parts += 1;
+        self.in_part = 0;
+    }
+
+    fn finish(mut self) -> String {
+        if self.in_part > 0 {
+            self.close_part();
+        }
+        format!("{:x}-{}", Md5::digest(&self.digests), self.parts)
+    }
+}
+
+/// Streams an object through in parts: read from the primary, written to the mirror, never
+/// whole in memory. The mirror's ETag of the parts must be the one computed from the bytes read.
+async fn copy_in_parts(source: GetResult, mirror: &Bucket, key: &str) -> Result<u64, String> {
+    let reading = |e: object_store::Error| format!("reading {key}: {e}");
+    let writing = |e: object_store::Error| format!("writing {key}: {e}");
+    let mut source = source.into_stream();
+    let upload = mirror
+        .store
+        .put_multipart(&mirror.path(key))
+        .await
+        .map_err(writing)?;
+    let mut target = WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut digest = PartsDigest::default();
+    let mut size = 0;
+    while let Some(chunk) = source.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = target.abort().await;
+                return Err(reading(error));
+            }
+        };
+        target
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(writing)?;
+        digest.update(&chunk);
+        size += chunk.len() as u64;
+        target.put(chunk);
+    }
+    let stored = target.finish().await.map_err(writing)?;
+    verify(key, stored.e_tag, &digest.finish())?;
+    Ok(size)
+}
+
+fn verify(key: &str, etag: Option<String>, expected: &str) -> Result<(), String> {
+    let etag = etag.unwrap_or_default();
+    if etag.trim_matches('"') != expected {
+        return Err(format!(
+            "{key}: the mirror stored other bytes (ETag {etag}, expected {expected} from the source)"
+        ));
+    }
+    Ok(())
+}
+
+/// Copies a small object in one request: the mirror's ETag of a single-part upload is the MD5
+/// of the bytes it stored, which must be the MD5 of the bytes read from the primary.
+async fn copy_whole(source: GetResult, mirror: &Bucket, key: &str) -> Result<u64, String> {
+    let bytes = source
         .bytes()
         .await
         .map_err(|e| format!("reading {key}: {e}"))?;
@@ -168,12 +268,7 @@ async fn copy(primary: &Bucket, mirror: &Bucket, key: &str) -> Result<u64, Strin
         .put(&mirror.path(key), PutPayload::from_bytes(bytes))
         .await
         .map_err(|e| format!("writing {key}: {e}"))?;
-    let etag = stored.e_tag.unwrap_or_default();
-    if etag.trim_matches('"') != expected {
-        return Err(format!(
-            "{key}: the mirror stored other bytes (ETag {etag}, MD5 of the source {expected})"
-        ));
-    }
+    verify(key, stored.e_tag, &expected)?;
     Ok(size)
 }
 
@@ -231,6 +326,22 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_parts_etag_is_computed_over_whole_parts_whatever_the_chunks() {
+        let data: Vec<u8> = (0..PART * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let mut digest = PartsDigest::default();
+        // Chunks that straddle the part boundaries, as a network stream delivers them.
+        for chunk in data.chunks(1_000_003) {
+            digest.update(chunk);
+        }
+        let mut digests = Vec::new();
+        for part in data.chunks(PART) {
+            digests.extend_from_slice(&Md5::digest(part));
+        }
+        let expected = format!("{:x}-3", Md5::digest(&digests));
+        assert_eq!(digest.finish(), expected);
     }
 
     #[test]
