@@ -479,13 +479,12 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 login: sql::Login::Certificate(&superuser),
                 ca_pem: &ca.cert_pem,
             };
-            let standbys = standby_addresses(&pods, &live.uid().unwrap_or_default());
-            warnings.extend(renew_standbys(&standbys, &target, &server_certificate).await);
+            let instances = instance_addresses(&pods, &live.uid().unwrap_or_default());
+            warnings.extend(install_certificates(&instances, &target, &server_certificate).await);
             Some(
                 configure_postgres(
                     db,
                     &target,
-                    &server_certificate,
                     &owner_password,
                     &replication_password,
                     archive_command,
@@ -603,7 +602,6 @@ fn days_between(from: &Time, to: &Time) -> i32 {
 async fn configure_postgres(
     db: &SectorDatabase,
     target: &sql::Target<'_>,
-    server_certificate: &pki::CertifiedKey,
     owner_password: &str,
     replication_password: &str,
     archive_command: Option<&str>,
@@ -621,7 +619,6 @@ async fn configure_postgres(
             Err(error) => return Err(error),
         }
     };
-    sql::install_server_certificate(&client, server_certificate).await?;
     sql::ensure_role(
         &client,
         dataplane::REPLICATION_USER,
@@ -665,12 +662,11 @@ async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<Vec<Pod>> {
     Ok(list.items)
 }
 
-/// The addresses of the ready standbys: pods of the StatefulSet `statefulset_uid` (a pod the
-/// agency made with the same labels is not one), other than ordinal 0.
-fn standby_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAddr)> {
+/// The addresses of the ready instances: pods of the StatefulSet `statefulset_uid` (a pod the
+/// agency made with the same labels is not one).
+fn instance_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAddr)> {
     pods.iter()
         .filter(|p| crate::apply::owned_by(*p, statefulset_uid))
-        .filter(|p| dataplane::role_of(&p.name_any()) == "replica")
         .filter(|p| {
             p.status
                 .as_ref()
@@ -684,19 +680,19 @@ fn standby_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAddr
         .collect()
 }
 
-/// Installs the current server certificate in each standby (the primary gets it in
-/// `configure_postgres`); one that cannot be reached keeps serving its previous, still valid,
-/// certificate and is reported.
-async fn renew_standbys(
-    standbys: &[(String, IpAddr)],
-    primary: &sql::Target<'_>,
+/// Installs the current server certificate in each ready instance, dialled at its pod address
+/// (`target` says as whom, and the name its certificate carries); one that cannot be reached
+/// keeps serving its previous, still valid, certificate and is reported.
+async fn install_certificates(
+    instances: &[(String, IpAddr)],
+    target: &sql::Target<'_>,
     certificate: &pki::CertifiedKey,
 ) -> Vec<Warning> {
     let mut warnings = Vec::new();
-    for (pod, addr) in standbys {
+    for (pod, addr) in instances {
         let target = sql::Target {
             addr: *addr,
-            ..*primary
+            ..*target
         };
         let installed = match sql::connect(&target, "postgres").await {
             Ok(session) => sql::install_server_certificate(&session, certificate).await,
