@@ -190,7 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         postgres_image: args.postgres_image.clone(),
         postgres_image_pull_policy: args.postgres_image_pull_policy.clone(),
         disruption_budget_api: startup::disruption_budget_api(&client).await,
-        ca: tokio::sync::OnceCell::new(),
+        ca: tokio::sync::Mutex::new(None),
         superuser: tokio::sync::Mutex::new(None),
     });
     tokio::join!(

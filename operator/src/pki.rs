@@ -43,6 +43,19 @@ pub fn renewal_due(not_after: i64, now: i64) -> bool {
     now >= not_after - RENEW_BEFORE_DAYS * DAY
 }
 
+/// Whether the CA valid until `not_after` should be replaced: in its last year, which leaves
+/// room for the overlap during which clients learn to trust its successor.
+pub fn ca_renewal_due(not_after: i64, now: i64) -> bool {
+    now >= not_after - 365 * DAY
+}
+
+/// A short, stable name of a certificate (the start of the SHA-256 of its PEM), recorded on the
+/// certificates it signs so they are reissued when another CA takes over.
+pub fn fingerprint(cert_pem: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert_pem.trim().as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Sets the validity from an hour ago (absorbing clock skew between the operator and the
 /// servers) to `days` from now; returns the end.
 fn validity(params: &mut CertificateParams, days: i64) -> i64 {
@@ -72,15 +85,20 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// A new self-signed CA.
-pub fn new_ca() -> Result<CertifiedKey, Error> {
+/// A new self-signed CA, valid for ten years. Every CA the operator makes has the same subject;
+/// the certificates it signs name it by key identifier too, so clients that trust two CAs
+/// during a rotation find the right one.
+pub fn new_ca() -> Result<Leaf, Error> {
     let key = KeyPair::generate()?;
     let mut params = ca_params();
-    validity(&mut params, CA_DAYS);
+    let not_after = validity(&mut params, CA_DAYS);
     let cert = params.self_signed(&key)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+    Ok(Leaf {
+        key: CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        not_after,
     })
 }
 
@@ -162,7 +180,7 @@ mod tests {
     #[test]
     fn server_certificates_verify_against_the_ca_by_name_and_by_ip() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = new_ca().unwrap();
+        let ca = new_ca().unwrap().key;
         let server = issue_server(
             &ca,
             "health-records-rw",
@@ -196,7 +214,7 @@ mod tests {
     #[test]
     fn client_certificates_verify_for_client_auth_only() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = new_ca().unwrap();
+        let ca = new_ca().unwrap().key;
         let client = issue_client(&ca, "postgres").unwrap();
         let now = jiff::Timestamp::now().as_second();
         assert!((client.not_after - now - LEAF_DAYS * DAY).abs() < 60);

@@ -254,25 +254,31 @@ pub async fn set_archive_command(
     Ok(())
 }
 
-/// Puts `certificate` where the running server reads its TLS files and reloads it, unless the
-/// server already has it: a renewed certificate takes effect with no restart and no dropped
-/// session. The key is written first and the certificate last, so a failure part way leaves a
-/// certificate that differs and is written again on the next pass; a reload only ever sees a
-/// matching pair or keeps the pair it had.
+/// Puts `certificate` and the CAs to trust (`trust_pem`, for client certificates and, on a
+/// standby, for its primary) where the running server reads its TLS files and reloads it,
+/// unless the server already has them: a renewed certificate takes effect with no restart and
+/// no dropped session. The certificate is written last, so a failure part way leaves one that
+/// differs and is written again on the next pass; a reload only ever sees a matching pair or
+/// keeps the pair it had.
 pub async fn install_server_certificate(
     client: &tokio_postgres::Client,
     certificate: &crate::pki::CertifiedKey,
+    trust_pem: &str,
 ) -> Result<bool, Error> {
     let files = client
         .query_one(
             "SELECT current_setting('ssl_key_file'), current_setting('ssl_cert_file'), \
-             pg_read_file(current_setting('ssl_cert_file'))",
+             current_setting('ssl_ca_file'), pg_read_file(current_setting('ssl_cert_file')), \
+             pg_read_file(current_setting('ssl_ca_file'))",
             &[],
         )
         .await?;
-    let (key_file, cert_file, served): (String, String, String) =
+    let (key_file, cert_file, ca_file): (String, String, String) =
         (files.get(0), files.get(1), files.get(2));
-    if served.trim_end() == certificate.cert_pem.trim_end() {
+    let (served, trusted): (String, String) = (files.get(3), files.get(4));
+    if served.trim_end() == certificate.cert_pem.trim_end()
+        && trusted.trim_end() == trust_pem.trim_end()
+    {
         return Ok(false);
     }
     // The key travels inside the statement (COPY takes no parameters): no log may keep it. The
@@ -286,8 +292,9 @@ pub async fn install_server_certificate(
         .await?;
     let mut script = String::new();
     for (text, file) in [
-        (&certificate.key_pem, key_file),
-        (&certificate.cert_pem, cert_file),
+        (trust_pem, ca_file),
+        (certificate.key_pem.as_str(), key_file),
+        (certificate.cert_pem.as_str(), cert_file),
     ] {
         script.push_str(&write_lines_statement(text, &file));
     }

@@ -106,7 +106,7 @@ async fn the_owner_connects_over_tls_and_plain_connections_are_refused_at_level_
         "{refused:?}"
     );
 
-    let wrong_ca = sectordb::pki::new_ca().unwrap();
+    let wrong_ca = sectordb::pki::new_ca().unwrap().key;
     let target = sql::Target {
         ca_pem: &wrong_ca.cert_pem,
         ..pg.target("app", APP_PASSWORD)
@@ -278,7 +278,7 @@ async fn the_superuser_logs_in_over_tcp_only_with_the_operator_s_certificate() {
     );
     assert!(tokio_postgres::connect(&plain, NoTls).await.is_err());
     // Certificates that are not the operator's superuser certificate.
-    let other_ca = sectordb::pki::new_ca().unwrap();
+    let other_ca = sectordb::pki::new_ca().unwrap().key;
     let foreign = sectordb::pki::issue_client(&other_ca, "postgres")
         .unwrap()
         .key;
@@ -329,12 +329,12 @@ async fn a_renewed_server_certificate_is_served_after_a_reload_without_a_restart
     .key;
     assert_ne!(served_certificate(pg.port).trim(), renewed.cert_pem.trim());
     assert!(
-        sql::install_server_certificate(&su, &renewed)
+        sql::install_server_certificate(&su, &renewed, &pg.ca.cert_pem)
             .await
             .unwrap()
     );
     assert!(
-        !sql::install_server_certificate(&su, &renewed)
+        !sql::install_server_certificate(&su, &renewed, &pg.ca.cert_pem)
             .await
             .unwrap(),
         "a second pass changes nothing"

@@ -1,7 +1,11 @@
 //! The operator's CA and its own client certificate, kept in Secrets in the operator's namespace
-//! so every replica and every restart signs and logs in with the same keys.
+//! so every replica and every restart signs and logs in with the same keys. The CA rotates with
+//! an overlap: a successor is trusted for `OVERLAP` before it signs, and its predecessor stays
+//! trusted for a certificate's lifetime after.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,50 +22,293 @@ pub const CA_SECRET: &str = "sectordb-ca";
 pub const SUPERUSER_SECRET: &str = "sectordb-superuser";
 /// Unix seconds at which a certificate in a Secret expires, so renewal needs no parser.
 pub const NOT_AFTER_ANNOTATION: &str = "sectordb.io/certificate-not-after";
+/// The fingerprint of the CA that signed a certificate in a Secret: another one means reissue.
+pub const ISSUER_ANNOTATION: &str = "sectordb.io/issuer";
+const NEXT_NOT_AFTER: &str = "sectordb.io/next-not-after";
+const NEXT_SINCE: &str = "sectordb.io/next-since";
+const PREVIOUS_UNTIL: &str = "sectordb.io/previous-trusted-until";
+const DAY: i64 = 86_400;
+/// How long every client is given to learn a new CA before it signs anything.
+const OVERLAP: i64 = 30 * DAY;
+/// How often the CA Secret is read again (a rotation step, or another replica's).
+const RELOAD: Duration = Duration::from_secs(60);
 
-/// The CA, loaded once per process.
-pub async fn operator_ca(ctx: &Context) -> Result<&CertifiedKey> {
-    ctx.ca.get_or_try_init(|| load_or_create(ctx)).await
+/// Who signs, and whom clients trust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authority {
+    pub signer: CertifiedKey,
+    /// The CA certificates a client or server trusts (PEM, one after another): the signer, its
+    /// successor while it waits and its predecessor while its certificates may still be served.
+    pub trust_pem: String,
+    /// The signer's fingerprint, recorded on what it signs.
+    pub id: String,
+}
+
+/// The CA Secret's contents, as the rotation sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaState {
+    pub signer: Leaf,
+    /// A successor, trusted but not yet signing, and since when.
+    pub next: Option<(Leaf, i64)>,
+    /// The predecessor's certificate, trusted until the instant given.
+    pub previous: Option<(String, i64)>,
+}
+
+impl CaState {
+    fn authority(&self) -> Authority {
+        let mut trust = vec![self.signer.key.cert_pem.trim()];
+        trust.extend(self.next.iter().map(|(n, _)| n.key.cert_pem.trim()));
+        trust.extend(self.previous.iter().map(|(p, _)| p.trim()));
+        Authority {
+            signer: self.signer.key.clone(),
+            trust_pem: trust.join("\n") + "\n",
+            id: pki::fingerprint(&self.signer.key.cert_pem),
+        }
+    }
+}
+
+/// The next state of the rotation at `now`, if there is one: a successor made in the signer's
+/// last year, promoted after `OVERLAP`, its predecessor dropped a certificate's lifetime later.
+/// Pure; `new_ca` makes the successor.
+pub fn rotate(
+    state: &CaState,
+    now: i64,
+    new_ca: impl FnOnce() -> std::result::Result<Leaf, pki::Error>,
+) -> std::result::Result<Option<CaState>, pki::Error> {
+    let mut next = state.clone();
+    if next
+        .previous
+        .as_ref()
+        .is_some_and(|(_, until)| now >= *until)
+    {
+        next.previous = None;
+    }
+    match next.next.take() {
+        None if pki::ca_renewal_due(next.signer.not_after, now) => {
+            next.next = Some((new_ca()?, now));
+        }
+        Some((successor, since)) if now >= since + OVERLAP => {
+            let old = std::mem::replace(&mut next.signer, successor);
+            next.previous = Some((old.key.cert_pem, now + pki::LEAF_DAYS * DAY));
+        }
+        waiting => next.next = waiting,
+    }
+    Ok((next != *state).then_some(next))
+}
+
+/// The CA, read again at most every minute and moved along its rotation when due.
+pub async fn operator_ca(ctx: &Context) -> Result<Arc<Authority>> {
+    let mut cached = ctx.ca.lock().await;
+    if let Some((authority, at)) = cached.as_ref() {
+        if at.elapsed() < RELOAD {
+            return Ok(authority.clone());
+        }
+    }
+    let authority = Arc::new(load_and_rotate(ctx).await?.authority());
+    *cached = Some((authority.clone(), Instant::now()));
+    Ok(authority)
+}
+
+async fn load_and_rotate(ctx: &Context) -> Result<CaState> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let Some(secret) = api.get_opt(CA_SECRET).await? else {
+        return create_ca(&api).await;
+    };
+    let state = parse_ca(&secret)?;
+    let now = jiff::Timestamp::now().as_second();
+    let Some(rotated) = rotate(&state, now, pki::new_ca)? else {
+        return Ok(state);
+    };
+    let mut desired = ca_secret(&rotated);
+    // The resource version makes a replica that rotated at the same moment lose cleanly; the
+    // data and annotations it drops are those a step removed.
+    desired.metadata.resource_version = secret.resource_version();
+    let mut patch =
+        serde_json::to_value(&desired).map_err(|e| Error::MalformedSecret(e.to_string()))?;
+    for key in ["next.crt", "next.key", "previous.crt"] {
+        if !desired.data.as_ref().is_some_and(|d| d.contains_key(key)) {
+            patch["data"][key] = serde_json::Value::Null;
+        }
+    }
+    for key in [NEXT_NOT_AFTER, NEXT_SINCE, PREVIOUS_UNTIL] {
+        if !desired.annotations().contains_key(key) {
+            patch["metadata"]["annotations"][key] = serde_json::Value::Null;
+        }
+    }
+    match api
+        .patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(secret = CA_SECRET, "moved the operator CA's rotation along");
+            Ok(rotated)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => parse_ca(&api.get(CA_SECRET).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn create_ca(api: &Api<Secret>) -> Result<CaState> {
+    let state = CaState {
+        signer: pki::new_ca()?,
+        next: None,
+        previous: None,
+    };
+    match api.create(&PostParams::default(), &ca_secret(&state)).await {
+        Ok(_) => {
+            tracing::info!(secret = CA_SECRET, "created the operator CA");
+            Ok(state)
+        }
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => parse_ca(&api.get(CA_SECRET).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    super::secret_value(Some(secret), key)
+}
+
+fn number(secret: &Secret, annotation: &str) -> Option<i64> {
+    secret.annotations().get(annotation)?.parse().ok()
+}
+
+fn malformed(secret: &Secret, what: &str) -> Error {
+    Error::MalformedSecret(format!("no {what} in Secret {}", secret.name_any()))
+}
+
+fn pair(secret: &Secret, cert: &str, key: &str) -> Option<CertifiedKey> {
+    Some(CertifiedKey {
+        cert_pem: text(secret, cert)?,
+        key_pem: text(secret, key)?,
+    })
+}
+
+fn parse_ca(secret: &Secret) -> Result<CaState> {
+    let signer = pair(secret, "tls.crt", "tls.key").ok_or_else(|| malformed(secret, "tls.crt"))?;
+    // A CA made before its end was recorded: ten years from the Secret's creation.
+    let created = secret
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let not_after = number(secret, NOT_AFTER_ANNOTATION).unwrap_or(created + 3650 * DAY);
+    let next = pair(secret, "next.crt", "next.key").map(|key| {
+        let leaf = Leaf {
+            key,
+            not_after: number(secret, NEXT_NOT_AFTER).unwrap_or(0),
+        };
+        (leaf, number(secret, NEXT_SINCE).unwrap_or(0))
+    });
+    let previous =
+        text(secret, "previous.crt").map(|p| (p, number(secret, PREVIOUS_UNTIL).unwrap_or(0)));
+    Ok(CaState {
+        signer: Leaf {
+            key: signer,
+            not_after,
+        },
+        next,
+        previous,
+    })
+}
+
+fn ca_secret(state: &CaState) -> Secret {
+    let mut files = vec![
+        ("tls.crt", &state.signer.key.cert_pem),
+        ("tls.key", &state.signer.key.key_pem),
+    ];
+    let mut annotations = vec![(NOT_AFTER_ANNOTATION, state.signer.not_after)];
+    if let Some((next, since)) = &state.next {
+        files.extend([
+            ("next.crt", &next.key.cert_pem),
+            ("next.key", &next.key.key_pem),
+        ]);
+        annotations.extend([(NEXT_NOT_AFTER, next.not_after), (NEXT_SINCE, *since)]);
+    }
+    if let Some((previous, until)) = &state.previous {
+        files.push(("previous.crt", previous));
+        annotations.push((PREVIOUS_UNTIL, *until));
+    }
+    let mut secret = operator_secret(CA_SECRET, &files);
+    secret.metadata.annotations = Some(
+        annotations
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    secret
+}
+
+fn operator_secret(name: &str, files: &[(&str, &String)]) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/part-of".into(),
+        "sectordb".into(),
+    )]));
+    secret.data = Some(
+        files
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    secret
 }
 
 /// The superuser's client certificate; a new one is issued (and stored) in the last days of
-/// the current one, which stays valid until its end for connections already made with it.
+/// the current one or when another CA signs, and the old one stays valid until its end for
+/// connections already made with it.
 pub async fn superuser_certificate(ctx: &Context) -> Result<CertifiedKey> {
+    let ca = operator_ca(ctx).await?;
     let now = jiff::Timestamp::now().as_second();
     let mut cached = ctx.superuser.lock().await;
-    if let Some(leaf) = cached
+    if let Some((leaf, _)) = cached
         .as_ref()
-        .filter(|l| !pki::renewal_due(l.not_after, now))
+        .filter(|(l, issuer)| !pki::renewal_due(l.not_after, now) && *issuer == ca.id)
     {
         return Ok(leaf.key.clone());
     }
-    let leaf = load_or_issue_superuser(ctx, now).await?;
+    let leaf = load_or_issue_superuser(ctx, &ca, now).await?;
     let key = leaf.key.clone();
-    *cached = Some(leaf);
+    *cached = Some((leaf, ca.id.clone()));
     Ok(key)
 }
 
-async fn load_or_issue_superuser(ctx: &Context, now: i64) -> Result<Leaf> {
+async fn load_or_issue_superuser(ctx: &Context, ca: &Authority, now: i64) -> Result<Leaf> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let existing = api.get_opt(SUPERUSER_SECRET).await?;
-    if let Some(leaf) = existing.as_ref().and_then(|s| parse_leaf(s).ok()) {
-        if !pki::renewal_due(leaf.not_after, now) {
-            return Ok(leaf);
+    let current = existing.as_ref().filter(|s| {
+        s.annotations().get(ISSUER_ANNOTATION) == Some(&ca.id)
+            && number(s, NOT_AFTER_ANNOTATION).is_some_and(|end| !pki::renewal_due(end, now))
+    });
+    if let Some(secret) = current {
+        if let Some(key) = pair(secret, "tls.crt", "tls.key") {
+            let not_after = number(secret, NOT_AFTER_ANNOTATION).unwrap_or(0);
+            return Ok(Leaf { key, not_after });
         }
     }
-    let leaf = pki::issue_client(operator_ca(ctx).await?, "postgres")?;
-    let mut secret = tls_secret(SUPERUSER_SECRET, &leaf.key);
-    secret.metadata.annotations = Some(BTreeMap::from([(
-        NOT_AFTER_ANNOTATION.into(),
-        leaf.not_after.to_string(),
-    )]));
+    let leaf = pki::issue_client(&ca.signer, "postgres")?;
+    let mut secret = operator_secret(
+        SUPERUSER_SECRET,
+        &[
+            ("tls.crt", &leaf.key.cert_pem),
+            ("tls.key", &leaf.key.key_pem),
+        ],
+    );
+    secret.metadata.annotations = Some(BTreeMap::from([
+        (NOT_AFTER_ANNOTATION.into(), leaf.not_after.to_string()),
+        (ISSUER_ANNOTATION.into(), ca.id.clone()),
+    ]));
     let written = match existing {
         Some(old) => {
             // The resource version makes a replica that renewed at the same moment lose cleanly.
             secret.metadata.resource_version = old.resource_version();
-            let patch = Patch::Merge(&secret);
-            api.patch(SUPERUSER_SECRET, &PatchParams::default(), &patch)
-                .await
+            api.patch(
+                SUPERUSER_SECRET,
+                &PatchParams::default(),
+                &Patch::Merge(&secret),
+            )
+            .await
         }
         None => api.create(&PostParams::default(), &secret).await,
     };
@@ -73,81 +320,77 @@ async fn load_or_issue_superuser(ctx: &Context, now: i64) -> Result<Leaf> {
             );
             Ok(leaf)
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => parse_leaf(&api.get(SUPERUSER_SECRET).await?),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn parse(secret: &Secret) -> Result<CertifiedKey> {
-    let field = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .ok_or_else(|| {
-                Error::MalformedSecret(format!("no {key} in Secret {}", secret.name_any()))
-            })
-    };
-    Ok(CertifiedKey {
-        cert_pem: field("tls.crt")?,
-        key_pem: field("tls.key")?,
-    })
-}
-
-fn parse_leaf(secret: &Secret) -> Result<Leaf> {
-    let not_after = secret
-        .annotations()
-        .get(NOT_AFTER_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Error::MalformedSecret(format!(
-                "no {NOT_AFTER_ANNOTATION} on Secret {}",
-                secret.name_any()
-            ))
-        })?;
-    Ok(Leaf {
-        key: parse(secret)?,
-        not_after,
-    })
-}
-
-fn tls_secret(name: &str, key: &CertifiedKey) -> Secret {
-    let mut secret = Secret::default();
-    secret.metadata.name = Some(name.into());
-    secret.metadata.labels = Some(BTreeMap::from([(
-        "app.kubernetes.io/part-of".into(),
-        "sectordb".into(),
-    )]));
-    secret.data = Some(BTreeMap::from([
-        (
-            "tls.crt".into(),
-            ByteString(key.cert_pem.clone().into_bytes()),
-        ),
-        (
-            "tls.key".into(),
-            ByteString(key.key_pem.clone().into_bytes()),
-        ),
-    ]));
-    secret
-}
-
-async fn load_or_create(ctx: &Context) -> Result<CertifiedKey> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    if let Some(secret) = api.get_opt(CA_SECRET).await? {
-        return parse(&secret);
-    }
-    let ca = pki::new_ca()?;
-    match api
-        .create(&PostParams::default(), &tls_secret(CA_SECRET, &ca))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(secret = CA_SECRET, "created the operator CA");
-            Ok(ca)
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api.get(SUPERUSER_SECRET).await?;
+            let key =
+                pair(&secret, "tls.crt", "tls.key").ok_or_else(|| malformed(&secret, "tls.crt"))?;
+            let not_after = number(&secret, NOT_AFTER_ANNOTATION).unwrap_or(0);
+            Ok(Leaf { key, not_after })
         }
-        // Another replica created it first: use theirs.
-        Err(kube::Error::Api(e)) if e.code == 409 => parse(&api.get(CA_SECRET).await?),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(not_after: i64) -> Leaf {
+        let mut leaf = pki::new_ca().unwrap();
+        leaf.not_after = not_after;
+        leaf
+    }
+
+    #[test]
+    fn a_ca_is_replaced_in_its_last_year_with_an_overlap_on_both_sides() {
+        let end = 3650 * DAY;
+        let start = CaState {
+            signer: ca(end),
+            next: None,
+            previous: None,
+        };
+        let never = || -> std::result::Result<Leaf, pki::Error> { panic!("no new CA now") };
+        assert_eq!(rotate(&start, end - 366 * DAY, never).unwrap(), None);
+
+        // In the last year a successor is made and trusted, but the signer still signs.
+        let t1 = end - 300 * DAY;
+        let waiting = rotate(&start, t1, || Ok(ca(t1 + 3650 * DAY)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(waiting.signer, start.signer);
+        let successor = waiting.next.clone().unwrap().0;
+        let trust = waiting.authority().trust_pem;
+        assert!(trust.contains(start.signer.key.cert_pem.trim()));
+        assert!(trust.contains(successor.key.cert_pem.trim()));
+        assert_eq!(rotate(&waiting, t1 + OVERLAP - 1, never).unwrap(), None);
+
+        // After the overlap it signs; its predecessor is trusted a certificate's lifetime more.
+        let promoted = rotate(&waiting, t1 + OVERLAP, never).unwrap().unwrap();
+        assert_eq!(promoted.signer, successor);
+        assert_ne!(promoted.authority().id, waiting.authority().id);
+        let (old, until) = promoted.previous.clone().unwrap();
+        assert_eq!(old, start.signer.key.cert_pem);
+        assert!(promoted.authority().trust_pem.contains(old.trim()));
+        assert_eq!(rotate(&promoted, until - 1, never).unwrap(), None);
+
+        let done = rotate(&promoted, until, never).unwrap().unwrap();
+        assert_eq!(done.previous, None);
+        assert_eq!(
+            done.authority().trust_pem.trim(),
+            successor.key.cert_pem.trim()
+        );
+    }
+
+    #[test]
+    fn the_ca_secret_reads_back_as_it_was_written() {
+        let state = CaState {
+            signer: ca(100),
+            next: Some((ca(200), 50)),
+            previous: Some((
+                "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
+                70,
+            )),
+        };
+        assert_eq!(parse_ca(&ca_secret(&state)).unwrap(), state);
     }
 }

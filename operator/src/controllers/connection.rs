@@ -368,7 +368,7 @@ async fn superuser_session(
         port: PORT as u16,
         user: "postgres",
         login: sql::Login::Certificate(&certificate),
-        ca_pem: &ca.cert_pem,
+        ca_pem: &ca.trust_pem,
     };
     Ok(sql::connect(&target, &db.spec.database.name)
         .await
@@ -488,7 +488,7 @@ async fn deliver_secret(
         ctx,
         CONTROLLER,
         &consumer_secrets,
-        sharing::consumer_secret(conn, &endpoint, role, &password, &ca.cert_pem),
+        sharing::consumer_secret(conn, &endpoint, role, &password, &ca.trust_pem),
     )
     .await?;
     Ok(Ok(Delivery::Secret(SecretRef {

@@ -21,7 +21,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::ca::{NOT_AFTER_ANNOTATION, operator_ca, superuser_certificate};
+use super::ca::{
+    Authority, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, operator_ca, superuser_certificate,
+};
 use super::{Context, Result, announce, apply_child, event, now, write_status};
 use super::{backups, restore, secret_value};
 use crate::api::database::{
@@ -373,7 +375,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 endpoint: &app_endpoint,
                 user: &db.spec.database.owner,
                 password: &owner_password,
-                ca_pem: &ca.cert_pem,
+                ca_pem: &ca.trust_pem,
             },
         ),
     )
@@ -382,7 +384,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let replication_password =
         secret_value(existing.as_ref(), "password").unwrap_or_else(|| pki::password(32));
     for (name, files) in [
-        (&n.ca, [("ca.crt", ca.cert_pem.as_str())]),
+        (&n.ca, [("ca.crt", ca.trust_pem.as_str())]),
         (
             &n.replication,
             [("password", replication_password.as_str())],
@@ -396,7 +398,8 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         )
         .await?;
     }
-    let server_certificate = server_certificate(ctx, db, &secrets, ca, &host, &cluster_ips).await?;
+    let server_certificate =
+        server_certificate(ctx, db, &secrets, &ca, &host, &cluster_ips).await?;
 
     apply_child(
         ctx,
@@ -477,10 +480,11 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 port: PORT as u16,
                 user: "postgres",
                 login: sql::Login::Certificate(&superuser),
-                ca_pem: &ca.cert_pem,
+                ca_pem: &ca.trust_pem,
             };
             let instances = instance_addresses(&pods, &live.uid().unwrap_or_default());
-            warnings.extend(install_certificates(&instances, &target, &server_certificate).await);
+            let installing = install_certificates(&instances, &target, &server_certificate, &ca);
+            warnings.extend(installing.await);
             Some(
                 configure_postgres(
                     db,
@@ -535,7 +539,7 @@ async fn server_certificate(
     ctx: &Context,
     db: &SectorDatabase,
     secrets: &Api<Secret>,
-    ca: &pki::CertifiedKey,
+    ca: &Authority,
     host: &str,
     cluster_ips: &std::collections::BTreeMap<String, String>,
 ) -> Result<pki::CertifiedKey> {
@@ -552,34 +556,36 @@ async fn server_certificate(
     );
     let current = secrets.get_opt(&name).await?;
     let now = jiff::Timestamp::now().as_second();
-    let valid = current.as_ref().filter(|s| {
+    // Kept while it names the Services, comes from the signing CA and is not due; the trusted
+    // CAs beside it follow the rotation either way.
+    let kept = current.as_ref().and_then(|s| {
         let annotations = s.annotations();
-        annotations.get(SANS_ANNOTATION) == Some(&sans)
-            && annotations
-                .get(NOT_AFTER_ANNOTATION)
-                .and_then(|v| v.parse().ok())
-                .is_some_and(|end| !pki::renewal_due(end, now))
+        let not_after: i64 = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
+        let current = annotations.get(SANS_ANNOTATION) == Some(&sans)
+            && annotations.get(ISSUER_ANNOTATION) == Some(&ca.id)
+            && !pki::renewal_due(not_after, now);
+        let key = pki::CertifiedKey {
+            cert_pem: secret_value(Some(s), "tls.crt")?,
+            key_pem: secret_value(Some(s), "tls.key")?,
+        };
+        current.then_some(pki::Leaf { key, not_after })
     });
-    if let Some(secret) = valid {
-        if let (Some(cert_pem), Some(key_pem)) = (
-            secret_value(Some(secret), "tls.crt"),
-            secret_value(Some(secret), "tls.key"),
-        ) {
-            return Ok(pki::CertifiedKey { cert_pem, key_pem });
-        }
-    }
-    let leaf = pki::issue_server(ca, host, &dns, &ips)?;
+    let leaf = match kept {
+        Some(leaf) => leaf,
+        None => pki::issue_server(&ca.signer, host, &dns, &ips)?,
+    };
     let mut secret = dataplane::opaque_secret(
         db,
         &name,
         &[
             ("tls.crt", &leaf.key.cert_pem),
             ("tls.key", &leaf.key.key_pem),
-            ("ca.crt", &ca.cert_pem),
+            ("ca.crt", &ca.trust_pem),
         ],
     );
     let annotations = secret.annotations_mut();
     annotations.insert(SANS_ANNOTATION.into(), sans);
+    annotations.insert(ISSUER_ANNOTATION.into(), ca.id.clone());
     annotations.insert(NOT_AFTER_ANNOTATION.into(), leaf.not_after.to_string());
     apply_child(ctx, CONTROLLER, secrets, secret).await?;
     Ok(leaf.key)
@@ -687,6 +693,7 @@ async fn install_certificates(
     instances: &[(String, IpAddr)],
     target: &sql::Target<'_>,
     certificate: &pki::CertifiedKey,
+    ca: &Authority,
 ) -> Vec<Warning> {
     let mut warnings = Vec::new();
     for (pod, addr) in instances {
@@ -695,7 +702,9 @@ async fn install_certificates(
             ..*target
         };
         let installed = match sql::connect(&target, "postgres").await {
-            Ok(session) => sql::install_server_certificate(&session, certificate).await,
+            Ok(session) => {
+                sql::install_server_certificate(&session, certificate, &ca.trust_pem).await
+            }
             Err(error) => Err(error),
         };
         if let Err(error) = installed {

@@ -43,10 +43,10 @@ pub struct Context {
     /// Where PodDisruptionBudgets are served (policy/v1, or policy/v1beta1 before 1.21); `None`
     /// when the cluster serves neither.
     pub disruption_budget_api: Option<kube::api::ApiResource>,
-    /// The operator's CA, loaded or created on first use.
-    pub ca: tokio::sync::OnceCell<crate::pki::CertifiedKey>,
-    /// The superuser's client certificate, loaded on first use and renewed when due.
-    pub superuser: tokio::sync::Mutex<Option<crate::pki::Leaf>>,
+    /// The operator's CA and when it was last read.
+    pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant)>>,
+    /// The superuser's client certificate and the CA that signed it; renewed when due.
+    pub superuser: tokio::sync::Mutex<Option<(crate::pki::Leaf, String)>>,
 }
 
 /// Why a reconcile failed. Invalid specs are not errors: they are reported in status.

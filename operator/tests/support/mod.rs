@@ -69,7 +69,7 @@ impl Postgres {
             .status()
             .unwrap();
         let port = free_port();
-        let ca = pki::new_ca().unwrap();
+        let ca = pki::new_ca().unwrap().key;
         let server = pki::issue_server(
             &ca,
             "localhost",
