@@ -105,10 +105,23 @@ fn rank(key: &str) -> u8 {
 /// object gone from the primary (expired, or deleted by whoever holds its keys) stays in the
 /// mirror. Pure.
 pub fn plan(primary: &BTreeMap<String, Listed>, mirror: &BTreeMap<String, Listed>) -> Vec<Op> {
+    // pgBackRest saves `backup.manifest.copy` again and again while a backup runs and writes
+    // `backup.manifest` once it is done: the copy is written once only from then on. So it is
+    // not mirrored before the backup is done, and one mirrored mid-backup (the mirror holds no
+    // `backup.manifest` beside it) is replaced.
+    let finished = |map: &BTreeMap<String, Listed>, key: &str| {
+        key.strip_suffix(".copy")
+            .is_none_or(|manifest| map.contains_key(manifest))
+    };
+    let in_progress = |key: &str| key.ends_with("/backup.manifest.copy") && !finished(primary, key);
+    let mirrored_mid_backup =
+        |key: &str| key.ends_with("/backup.manifest.copy") && !finished(mirror, key);
     let mut ops: Vec<Op> = primary
         .iter()
+        .filter(|(key, _)| !in_progress(key))
         .filter_map(|(key, p)| match mirror.get(key) {
             None => Some(Op::Copy(key.clone())),
+            Some(m) if mirrored_mid_backup(key) && m.size != p.size => Some(Op::Copy(key.clone())),
             Some(m) if rank(key) == 2 && (m.size != p.size || p.modified > m.modified) => {
                 Some(Op::Copy(key.clone()))
             }
@@ -342,6 +355,45 @@ mod tests {
         }
         let expected = format!("{:x}-3", Md5::digest(&digests));
         assert_eq!(digest.finish(), expected);
+    }
+
+    #[test]
+    fn a_manifest_copy_is_mirrored_once_its_backup_is_done() {
+        let running = listed(&[
+            ("backup/s/L/pg_data/base/1.lz4", 100, 5),
+            ("backup/s/L/backup.manifest.copy", 10, 5),
+        ]);
+        assert_eq!(
+            plan(&running, &BTreeMap::new()),
+            [Op::Copy("backup/s/L/pg_data/base/1.lz4".into())]
+        );
+        let done = listed(&[
+            ("backup/s/L/pg_data/base/1.lz4", 100, 5),
+            ("backup/s/L/backup.manifest", 12, 6),
+            ("backup/s/L/backup.manifest.copy", 12, 6),
+        ]);
+        // A copy saved mid-backup (by an earlier pass) is replaced by the final one...
+        let mid_backup = listed(&[
+            ("backup/s/L/pg_data/base/1.lz4", 100, 5),
+            ("backup/s/L/backup.manifest.copy", 10, 5),
+        ]);
+        assert_eq!(
+            plan(&done, &mid_backup),
+            [
+                Op::Copy("backup/s/L/backup.manifest".into()),
+                Op::Copy("backup/s/L/backup.manifest.copy".into())
+            ]
+        );
+        // ...and once the mirror holds the finished backup, it is written once like the rest.
+        let changed = listed(&[
+            ("backup/s/L/pg_data/base/1.lz4", 100, 5),
+            ("backup/s/L/backup.manifest", 12, 6),
+            ("backup/s/L/backup.manifest.copy", 99, 7),
+        ]);
+        assert_eq!(
+            plan(&changed, &done),
+            [Op::Changed("backup/s/L/backup.manifest.copy".into())]
+        );
     }
 
     #[test]
