@@ -210,7 +210,8 @@ async fn a_government_data_center_outage_costs_nothing_locally_and_the_mirror_ca
     let outage = Outage::begin(&government.name)?;
     // Backups and archiving to the provincial data center go on.
     request_backup(&api, "during-outage").await?;
-    let db = request_done(&api, "during-outage", 3 * MINUTE).await?;
+    // Generous: the backup tests beside this one load the single provincial S3 server.
+    let db = request_done(&api, "during-outage", 6 * MINUTE).await?;
     let backup = db
         .status
         .and_then(|s| s.backup)
