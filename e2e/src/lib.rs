@@ -400,6 +400,14 @@ pub async fn operator_pod(client: &Client) -> Result<Pod> {
         .context("no operator pod")
 }
 
+/// How many times the containers of `pod` have restarted, together.
+pub fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+}
+
 /// What the operator pod's /readyz answers.
 pub async fn operator_ready(client: &Client) -> Result<String> {
     let pod = operator_pod(client).await?;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use kube::Api;
 use sectordb::api::BackupPolicy;
 use sectordb_e2e::backup::{Outage, Setup, mirrored_after, objects, request_backup, request_done};
-use sectordb_e2e::{client, metric, operator_peak_memory, operator_pod, poll, wait_for};
+use sectordb_e2e::{client, metric, operator_peak_memory, operator_pod, poll, restarts, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -20,12 +20,6 @@ async fn a_large_object_streams_through_the_mirror_in_bounded_memory() -> Result
     let (setup, provincial, government) = Setup::new(&client, "large", 1, Some("10m")).await?;
     let ns = setup.ns.name.clone();
     setup.backed_up_database().await?;
-    let restarts = |pod: &k8s_openapi::api::core::v1::Pod| -> i32 {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
-    };
     let operator = operator_pod(&client).await?;
     let before = operator_peak_memory()?;
     // Larger than the operator's memory limit (256Mi): a copy held whole would be OOM-killed.

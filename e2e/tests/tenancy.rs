@@ -719,12 +719,7 @@ async fn a_server_certificate_due_for_renewal_is_renewed_and_served_without_a_re
         let mut seen = Vec::new();
         for name in ["renewed-0", "renewed-1"] {
             let pod = pods.get(name).await?;
-            let restarts: i32 = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .map(|c| c.iter().map(|c| c.restart_count).sum())
-                .unwrap_or(0);
+            let restarts = sectordb_e2e::restarts(&pod);
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
             seen.push((pod.uid(), restarts, ip.context("no pod IP")?));
         }

@@ -486,19 +486,17 @@ pub fn credentials_data(c: &Credentials) -> BTreeMap<String, ByteString> {
         "postgresql://{}:{}@{}:{PORT}/{}?sslmode=verify-full&hostaddr={}&sslrootcert=ca.crt",
         c.user, c.password, e.host, e.database, e.host_addr
     );
-    [
-        ("host", e.host.to_string()),
-        ("hostaddr", e.host_addr.to_string()),
-        ("port", PORT.to_string()),
-        ("dbname", e.database.to_string()),
-        ("user", c.user.to_string()),
-        ("password", c.password.to_string()),
-        ("ca.crt", c.ca_pem.to_string()),
-        ("uri", uri),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-    .collect()
+    let port = PORT.to_string();
+    secret_data(&[
+        ("host", e.host),
+        ("hostaddr", e.host_addr),
+        ("port", &port),
+        ("dbname", e.database),
+        ("user", c.user),
+        ("password", c.password),
+        ("ca.crt", c.ca_pem),
+        ("uri", &uri),
+    ])
 }
 
 /// A database's own credentials Secret (owned by the database).
@@ -516,13 +514,16 @@ pub fn opaque_secret(db: &SectorDatabase, name: &str, files: &[(&str, &str)]) ->
     let mut secret: Secret = from_json(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(db, name), "type": "Opaque"}),
     );
-    secret.data = Some(
-        files
-            .iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-    );
+    secret.data = Some(secret_data(files));
     secret
+}
+
+/// A Secret's `data` holding each `(key, text)` of `files`.
+pub fn secret_data(files: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    files
+        .iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect()
 }
 
 /// The Service DNS names a server certificate must carry: every instance serves the same

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -184,6 +183,15 @@ fn pair(secret: &Secret, cert: &str, key: &str) -> Option<CertifiedKey> {
     })
 }
 
+/// The certificate and key stored under `cert` and `key`, valid until the instant in the
+/// annotation `not_after` (0, so due for renewal, when that is missing).
+pub fn stored_leaf(secret: &Secret, cert: &str, key: &str, not_after: &str) -> Option<Leaf> {
+    Some(Leaf {
+        key: pair(secret, cert, key)?,
+        not_after: number(secret, not_after).unwrap_or(0),
+    })
+}
+
 fn parse_ca(secret: &Secret) -> Result<CaState> {
     let signer = pair(secret, "tls.crt", "tls.key").ok_or_else(|| malformed(secret, "tls.crt"))?;
     // A CA made before its end was recorded: ten years from the Secret's creation.
@@ -193,13 +201,8 @@ fn parse_ca(secret: &Secret) -> Result<CaState> {
         .as_ref()
         .map_or(0, |t| t.0.as_second());
     let not_after = number(secret, NOT_AFTER_ANNOTATION).unwrap_or(created + 3650 * DAY);
-    let next = pair(secret, "next.crt", "next.key").map(|key| {
-        let leaf = Leaf {
-            key,
-            not_after: number(secret, NEXT_NOT_AFTER).unwrap_or(0),
-        };
-        (leaf, number(secret, NEXT_SINCE).unwrap_or(0))
-    });
+    let next = stored_leaf(secret, "next.crt", "next.key", NEXT_NOT_AFTER)
+        .map(|leaf| (leaf, number(secret, NEXT_SINCE).unwrap_or(0)));
     let previous =
         text(secret, "previous.crt").map(|p| (p, number(secret, PREVIOUS_UNTIL).unwrap_or(0)));
     Ok(CaState {
@@ -246,12 +249,8 @@ fn operator_secret(name: &str, files: &[(&str, &String)]) -> Secret {
         "app.kubernetes.io/part-of".into(),
         "sectordb".into(),
     )]));
-    secret.data = Some(
-        files
-            .iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-    );
+    let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    secret.data = Some(crate::dataplane::secret_data(&files));
     secret
 }
 
@@ -277,15 +276,13 @@ pub async fn superuser_certificate(ctx: &Context) -> Result<CertifiedKey> {
 async fn load_or_issue_superuser(ctx: &Context, ca: &Authority, now: i64) -> Result<Leaf> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let existing = api.get_opt(SUPERUSER_SECRET).await?;
-    let current = existing.as_ref().filter(|s| {
-        s.annotations().get(ISSUER_ANNOTATION) == Some(&ca.id)
-            && number(s, NOT_AFTER_ANNOTATION).is_some_and(|end| !pki::renewal_due(end, now))
-    });
-    if let Some(secret) = current {
-        if let Some(key) = pair(secret, "tls.crt", "tls.key") {
-            let not_after = number(secret, NOT_AFTER_ANNOTATION).unwrap_or(0);
-            return Ok(Leaf { key, not_after });
-        }
+    let current = existing
+        .as_ref()
+        .filter(|s| s.annotations().get(ISSUER_ANNOTATION) == Some(&ca.id))
+        .and_then(|s| stored_leaf(s, "tls.crt", "tls.key", NOT_AFTER_ANNOTATION))
+        .filter(|leaf| !pki::renewal_due(leaf.not_after, now));
+    if let Some(leaf) = current {
+        return Ok(leaf);
     }
     let leaf = pki::issue_client(&ca.signer, "postgres")?;
     let mut secret = operator_secret(
@@ -322,10 +319,8 @@ async fn load_or_issue_superuser(ctx: &Context, ca: &Authority, now: i64) -> Res
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let secret = api.get(SUPERUSER_SECRET).await?;
-            let key =
-                pair(&secret, "tls.crt", "tls.key").ok_or_else(|| malformed(&secret, "tls.crt"))?;
-            let not_after = number(&secret, NOT_AFTER_ANNOTATION).unwrap_or(0);
-            Ok(Leaf { key, not_after })
+            stored_leaf(&secret, "tls.crt", "tls.key", NOT_AFTER_ANNOTATION)
+                .ok_or_else(|| malformed(&secret, "tls.crt"))
         }
         Err(e) => Err(e.into()),
     }

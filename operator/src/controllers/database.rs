@@ -22,7 +22,8 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::{
-    Authority, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, operator_ca, superuser_certificate,
+    Authority, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, operator_ca, stored_leaf,
+    superuser_certificate,
 };
 use super::{Context, Result, announce, apply_child, event, now, write_status};
 use super::{backups, restore, secret_value};
@@ -482,8 +483,10 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
                 login: sql::Login::Certificate(&superuser),
                 ca_pem: &ca.trust_pem,
             };
-            let instances = instance_addresses(&pods, &live.uid().unwrap_or_default());
-            let installing = install_certificates(&instances, &target, &server_certificate, &ca);
+            let instances = ready_instances(&pods, &live.uid().unwrap_or_default());
+            let db_uid = db.uid().unwrap_or_default();
+            let installing =
+                install_certificates(ctx, &db_uid, &instances, &target, &server_certificate, &ca);
             warnings.extend(installing.await);
             Some(
                 configure_postgres(
@@ -558,18 +561,15 @@ async fn server_certificate(
     let now = jiff::Timestamp::now().as_second();
     // Kept while it names the Services, comes from the signing CA and is not due; the trusted
     // CAs beside it follow the rotation either way.
-    let kept = current.as_ref().and_then(|s| {
-        let annotations = s.annotations();
-        let not_after: i64 = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
-        let current = annotations.get(SANS_ANNOTATION) == Some(&sans)
-            && annotations.get(ISSUER_ANNOTATION) == Some(&ca.id)
-            && !pki::renewal_due(not_after, now);
-        let key = pki::CertifiedKey {
-            cert_pem: secret_value(Some(s), "tls.crt")?,
-            key_pem: secret_value(Some(s), "tls.key")?,
-        };
-        current.then_some(pki::Leaf { key, not_after })
-    });
+    let kept = current
+        .as_ref()
+        .filter(|s| {
+            let annotations = s.annotations();
+            annotations.get(SANS_ANNOTATION) == Some(&sans)
+                && annotations.get(ISSUER_ANNOTATION) == Some(&ca.id)
+        })
+        .and_then(|s| stored_leaf(s, "tls.crt", "tls.key", NOT_AFTER_ANNOTATION))
+        .filter(|leaf| !pki::renewal_due(leaf.not_after, now));
     let leaf = match kept {
         Some(leaf) => leaf,
         None => pki::issue_server(&ca.signer, host, &dns, &ips)?,
@@ -668,9 +668,17 @@ async fn label_roles(db: &SectorDatabase, ctx: &Context) -> Result<Vec<Pod>> {
     Ok(list.items)
 }
 
-/// The addresses of the ready instances: pods of the StatefulSet `statefulset_uid` (a pod the
-/// agency made with the same labels is not one).
-fn instance_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAddr)> {
+/// A ready instance of a database: its pod's name, its address, and what names this run of its
+/// server (the pod's UID and when its PostgreSQL container started).
+struct Instance {
+    pod: String,
+    run: String,
+    addr: IpAddr,
+}
+
+/// The ready instances: pods of the StatefulSet `statefulset_uid` (a pod the agency made with
+/// the same labels is not one).
+fn ready_instances(pods: &[Pod], statefulset_uid: &str) -> Vec<Instance> {
     pods.iter()
         .filter(|p| crate::apply::owned_by(*p, statefulset_uid))
         .filter(|p| {
@@ -680,41 +688,82 @@ fn instance_addresses(pods: &[Pod], statefulset_uid: &str) -> Vec<(String, IpAdd
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .filter_map(|p| {
-            let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-            Some((p.name_any(), ip))
+            let status = p.status.as_ref()?;
+            let started = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .find(|c| c.name == crate::backup::exec::CONTAINER)?
+                .state
+                .as_ref()?
+                .running
+                .as_ref()?
+                .started_at
+                .as_ref()?;
+            Some(Instance {
+                pod: p.name_any(),
+                run: format!("{}@{}", p.uid()?, started.0),
+                addr: status.pod_ip.as_deref()?.parse().ok()?,
+            })
         })
         .collect()
 }
 
-/// Installs the current server certificate in each ready instance, dialled at its pod address
-/// (`target` says as whom, and the name its certificate carries); one that cannot be reached
-/// keeps serving its previous, still valid, certificate and is reported.
+/// Installs the current server certificate in each ready instance not yet known to serve it,
+/// dialled at its pod address (`target` says as whom, and the name its certificate carries);
+/// one that cannot be reached keeps serving its previous, still valid, certificate and is
+/// reported, and is tried again on the next reconcile.
 async fn install_certificates(
-    instances: &[(String, IpAddr)],
+    ctx: &Context,
+    db_uid: &str,
+    instances: &[Instance],
     target: &sql::Target<'_>,
     certificate: &pki::CertifiedKey,
     ca: &Authority,
 ) -> Vec<Warning> {
+    let serving = format!(
+        "{}/{}",
+        pki::fingerprint(&certificate.cert_pem),
+        pki::fingerprint(&ca.trust_pem)
+    );
+    let known = ctx
+        .installed
+        .lock()
+        .map(|m| m.get(db_uid).cloned())
+        .ok()
+        .flatten();
+    let mut installed = std::collections::HashMap::new();
     let mut warnings = Vec::new();
-    for (pod, addr) in instances {
+    for instance in instances {
+        if known.as_ref().and_then(|k| k.get(&instance.run)) == Some(&serving) {
+            installed.insert(instance.run.clone(), serving.clone());
+            continue;
+        }
         let target = sql::Target {
-            addr: *addr,
+            addr: instance.addr,
             ..*target
         };
-        let installed = match sql::connect(&target, "postgres").await {
+        let outcome = match sql::connect(&target, "postgres").await {
             Ok(session) => {
                 sql::install_server_certificate(&session, certificate, &ca.trust_pem).await
             }
             Err(error) => Err(error),
         };
-        if let Err(error) = installed {
-            warnings.push(Warning {
+        match outcome {
+            Ok(_) => {
+                installed.insert(instance.run.clone(), serving.clone());
+            }
+            Err(error) => warnings.push(Warning {
                 reason: "CertificateNotInstalled",
                 message: format!(
-                    "instance {pod} still serves its previous server certificate: {error}"
+                    "instance {} still serves its previous server certificate: {error}",
+                    instance.pod
                 ),
-            });
+            }),
         }
+    }
+    if let Ok(mut map) = ctx.installed.lock() {
+        map.insert(db_uid.to_string(), installed);
     }
     warnings
 }

@@ -47,6 +47,12 @@ pub struct Context {
     pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant)>>,
     /// The superuser's client certificate and the CA that signed it; renewed when due.
     pub superuser: tokio::sync::Mutex<Option<(crate::pki::Leaf, String)>>,
+    /// Per database (by UID), what each run of its servers (pod UID and container start) was
+    /// last found serving: the certificate and trust bundle's fingerprints, so an unchanged
+    /// instance is not dialled again on every reconcile.
+    pub installed: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+    >,
 }
 
 /// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
