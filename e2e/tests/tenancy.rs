@@ -770,3 +770,87 @@ async fn a_server_certificate_due_for_renewal_is_renewed_and_served_without_a_re
     connect_with(&app).await?.batch_execute("SELECT 1").await?;
     ns.delete().await
 }
+
+/// Rule 2, the part that holds today: two agencies under one BackupPolicy each hold their own
+/// database's backup Secret (their pods mount it), and the key in one opens none of the other's
+/// backups, even with the repository's S3 keys that Secret still carries.
+#[tokio::test]
+async fn one_agency_s_backup_key_opens_none_of_another_agency_s_backups() -> Result<()> {
+    use sectordb::backup::{exec, pgbackrest};
+    let client = client().await?;
+    let (victim, _, _) = sectordb_e2e::backup::Setup::new(&client, "keys", 1, None).await?;
+    let victims = victim.backed_up_database().await?;
+    let victim_stanza = victims
+        .get("db")
+        .await?
+        .status
+        .and_then(|s| s.backup?.stanza)
+        .context("no stanza")?;
+    let thief = TestNamespace::create_for(&client, "keythief", LABOUR_CODE).await?;
+    let under_the_policy = json!({"metadata": {"labels": {"sectordb.io/backup": victim.ns.name}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &thief.name,
+            &PatchParams::default(),
+            &Patch::Merge(&under_the_policy),
+        )
+        .await?;
+    let thieves: Api<SectorDatabase> = Api::namespaced(client.clone(), &thief.name);
+    let mut own_db = database("db", 3);
+    own_db["spec"]["agency"]["code"] = json!(LABOUR_CODE);
+    thieves
+        .create(&PostParams::default(), &serde_json::from_value(own_db)?)
+        .await?;
+    let own = wait_for(&thieves, "db", 5 * SETTLE, "first backup", |db| {
+        db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.last_successful.as_ref())
+            .is_some()
+    })
+    .await?
+    .and_then(|d| d.status?.backup?.stanza)
+    .context("no stanza")?;
+
+    let mounted = secret_text(
+        &Api::<Secret>::namespaced(client.clone(), &thief.name)
+            .get("db-backup")
+            .await?,
+        "pgbackrest.conf",
+    )?;
+    let policy_passphrase = format!("passphrase of {}", victim.ns.name);
+    assert!(
+        !mounted.contains(&policy_passphrase),
+        "the policy's passphrase reached an agency's namespace"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &thief.name);
+    let info = |stanza: String| {
+        let pods = pods.clone();
+        async move {
+            let command = vec![
+                "pgbackrest".into(),
+                format!("--config={}", pgbackrest::CONFIG_FILE),
+                format!("--stanza={stanza}"),
+                "info".into(),
+                "--output=json".into(),
+            ];
+            let out = exec::run(&pods, "db-0", command, SETTLE)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let listed = pgbackrest::parse_info(&out.stdout, "provincial").unwrap_or_default();
+            anyhow::Ok((out, listed))
+        }
+    };
+    // The same command on its own stanza lists its backup: what fails below is the key alone.
+    let (out, listed) = info(own).await?;
+    assert!(!listed.is_empty(), "its own backups: {}", out.tail());
+    let (out, listed) = info(victim_stanza).await?;
+    assert!(
+        listed.is_empty(),
+        "one agency's key listed another's backups: {listed:?}"
+    );
+    assert!(
+        !out.stdout.contains("\"label\""),
+        "another agency's backup labels: {}",
+        out.stdout
+    );
+    thief.delete().await?;
+    victim.delete().await
+}

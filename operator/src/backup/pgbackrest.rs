@@ -48,6 +48,15 @@ pub fn stanza(namespace: &str, name: &str, uid: &str) -> String {
     format!("{namespace}.{name}.{uid}")
 }
 
+/// The passphrase that encrypts one stanza's repository files: derived from the policy's
+/// passphrase and the stanza (HMAC-SHA256), so the key a database's pods hold opens no other
+/// database's backups and the policy's own passphrase never leaves the operator's namespace.
+pub fn stanza_passphrase(policy_passphrase: &str, stanza: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, policy_passphrase.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("sectordb stanza key v1\n{stanza}").as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Host and port of an `https://host[:port]` endpoint.
 fn host_port(endpoint: &str) -> (String, u16) {
     let rest = endpoint
@@ -109,7 +118,7 @@ pub fn config(
     }
     if let Some(passphrase) = secrets.passphrase {
         line("repo1-cipher-type", "aes-256-cbc");
-        line("repo1-cipher-pass", passphrase);
+        line("repo1-cipher-pass", &stanza_passphrase(passphrase, stanza));
     }
     line(
         "repo1-retention-full",
@@ -384,7 +393,6 @@ mod tests {
             "repo1-path=/sectordb",
             "repo1-storage-ca-file=/etc/sectordb-backup/repo1-ca.crt",
             "repo1-cipher-type=aes-256-cbc",
-            "repo1-cipher-pass=pass",
             "repo1-retention-full=2",
             "repo1-retention-diff=7",
             "archive-async=y",
@@ -399,8 +407,31 @@ mod tests {
             );
         }
         assert!(!conf.contains("verify-tls"), "TLS is always verified");
+        let key = format!(
+            "repo1-cipher-pass={}",
+            stanza_passphrase("pass", "ns.db.1234abcd")
+        );
+        assert!(conf.lines().any(|l| l == key), "{conf}");
         let plain = config(&spec, &spec.repositories[0], &secrets(None), "s", &layout());
         assert!(!plain.contains("cipher"));
+    }
+
+    #[test]
+    fn each_stanza_is_encrypted_with_a_key_of_its_own_that_reveals_nothing_of_the_policy_s() {
+        let one = stanza_passphrase("policy secret", "a.db.1");
+        assert_eq!(one, stanza_passphrase("policy secret", "a.db.1"), "stable");
+        assert_eq!(one.len(), 64);
+        assert_ne!(one, stanza_passphrase("policy secret", "b.db.1"));
+        assert_ne!(one, stanza_passphrase("another secret", "a.db.1"));
+        let spec = policy(serde_json::json!({}));
+        let conf = config(
+            &spec,
+            &spec.repositories[0],
+            &secrets(Some("policy secret")),
+            "a.db.1",
+            &layout(),
+        );
+        assert!(!conf.contains("policy secret"), "{conf}");
     }
 
     #[test]
