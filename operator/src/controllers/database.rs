@@ -26,7 +26,7 @@ use super::ca::{
     superuser_certificate,
 };
 use super::{Context, Result, announce, apply_child, event, now, write_status};
-use super::{backups, restore, secret_value};
+use super::{backups, restore, secret_value, selection};
 use crate::api::database::{
     DatabasePhase, DeletionPolicy, Endpoint, Endpoints, InstanceCounts, PinnedSpec, RestoreState,
     SecretNames, SectorDatabaseStatus,
@@ -969,20 +969,43 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let statefulsets: Api<StatefulSet> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let databases = controller.store();
-    // A policy's change may change which policy covers any database.
+    let labels = ctx.namespace_labels.clone();
+    // A policy's change concerns the databases it selects or selected.
     let policies: Api<DeserializeGuard<BackupPolicy>> = Api::all(ctx.client.clone());
     // Registering, changing or removing an Agency changes what its namespaces may run.
     let agencies: Api<DeserializeGuard<Agency>> = Api::all(ctx.client.clone());
     let in_namespaces = controller.store();
+    let in_namespace = in_namespaces.clone();
+    let recorded = ctx.namespace_labels.clone();
+    // A namespace's labels decide which policy covers its databases.
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     controller
         .owns(
             statefulsets,
             watcher::Config::default().labels("app.kubernetes.io/name=sectordb-postgres"),
         )
-        .watches(policies, watcher::Config::default(), move |_| {
+        .watches(policies, watcher::Config::default(), move |policy| {
+            let policy = policy.0.ok();
             databases
                 .state()
                 .into_iter()
+                .filter(|guard| match (&policy, &guard.0) {
+                    (Some(p), Ok(db)) => {
+                        let namespace = labels.get(&db.namespace().unwrap_or_default());
+                        selection::concerns(p, namespace.as_ref(), db)
+                    }
+                    _ => true,
+                })
+                .map(|db| ObjectRef::from_obj(&*db))
+                .collect::<Vec<_>>()
+        })
+        .watches(namespaces, watcher::Config::default(), move |namespace| {
+            recorded.record(&namespace);
+            let name = namespace.name_any();
+            in_namespace
+                .state()
+                .into_iter()
+                .filter(|db| db.namespace().as_deref() == Some(name.as_str()))
                 .map(|db| ObjectRef::from_obj(&*db))
                 .collect::<Vec<_>>()
         })

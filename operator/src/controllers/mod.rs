@@ -9,6 +9,7 @@ pub mod database;
 pub mod drills;
 pub mod policy;
 pub mod restore;
+pub mod selection;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Context {
     pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant)>>,
     /// The superuser's client certificate and the CA that signed it; renewed when due.
     pub superuser: tokio::sync::Mutex<Option<(crate::pki::Leaf, String)>>,
+    /// The namespaces' labels, from the database controller's watch of namespaces.
+    pub namespace_labels: selection::NamespaceLabels,
     /// Per database (by UID), what each run of its servers (pod UID and container start) was
     /// last found serving: the certificate and trust bundle's fingerprints, so an unchanged
     /// instance is not dialled again on every reconcile.

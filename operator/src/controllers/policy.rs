@@ -436,13 +436,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let api: Api<DeserializeGuard<BackupPolicy>> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let policies = controller.store();
-    // Any database change may change what every policy selects.
+    let labels = ctx.namespace_labels.clone();
+    // A database's change concerns the policies that select it or selected it.
     let databases: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
     controller
-        .watches(databases, watcher::Config::default(), move |_| {
+        .watches(databases, watcher::Config::default(), move |db| {
+            let db = db.0.ok();
+            let namespace = db
+                .as_ref()
+                .and_then(|d| labels.get(&d.namespace().unwrap_or_default()));
             policies
                 .state()
                 .into_iter()
+                .filter(|guard| match (&guard.0, &db) {
+                    (Ok(p), Some(db)) => super::selection::concerns(p, namespace.as_ref(), db),
+                    _ => true,
+                })
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })
