@@ -40,3 +40,24 @@ superuser_conninfo() {
   superuser_files "$dir"
   echo "host=$(cat "$dir/host") hostaddr=$(cat "$dir/hostaddr") port=$(cat "$dir/port") dbname=$3 user=postgres sslmode=verify-full sslrootcert=$dir/ca.crt sslcert=$dir/tls.crt sslkey=$dir/tls.key connect_timeout=5"
 }
+
+# field ROLE KEY: a value of the harness's data center ROLE, from the JSON lines in $stores
+# (what `e2e/cluster object-stores` printed).
+field() {
+  python3 -c "import json,sys
+for l in sys.argv[1].splitlines():
+    d = json.loads(l)
+    if d['role'] == sys.argv[2]: print(d[sys.argv[3]])" "$stores" "$1" "$2"
+}
+
+# repo ROLE PREFIX: a BackupPolicy repository (YAML flow style) in that data center under PREFIX.
+repo() {
+  echo "{name: $(field "$1" name), role: $1, s3: {endpoint: \"$(field "$1" endpoint)\", bucket: $(field "$1" bucket), region: $(field "$1" region), pathPrefix: $2, credentialsSecret: {name: $(field "$1" credentialsSecret)}, caSecret: {name: $(field "$1" caSecret)}}}"
+}
+
+# operator_metric NAME: the sum of the operator's metric NAME over its labels.
+operator_metric() {
+  local pod; pod=$(kubectl -n sectordb-system get pods -l app.kubernetes.io/name=sectordb-operator -o jsonpath='{.items[0].metadata.name}')
+  kubectl get --raw "/api/v1/namespaces/sectordb-system/pods/$pod:8080/proxy/metrics" \
+    | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s + 0}'
+}

@@ -192,6 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         disruption_budget_api: startup::disruption_budget_api(&client).await,
         ca: tokio::sync::Mutex::new(None),
         superuser: tokio::sync::Mutex::new(None),
+        mirror_passes: Default::default(),
         namespace_labels: Default::default(),
         installed: Default::default(),
     });

@@ -312,10 +312,13 @@ pub struct VerificationResult {
 pub struct MirrorStatus {
     /// Repository name.
     pub name: String,
-    /// 0 after a complete pass; while passes fail, seconds since the last complete one.
+    /// 0 after a complete pass; while passes fail, seconds since the last complete one (since
+    /// lastSynced when the operator restarted meanwhile).
     #[schemars(range(min = 0))]
     pub lag_seconds: i64,
-    /// When the mirror last matched the primary.
+    /// Since when the mirror has held everything the primary held: moved by a pass that copied
+    /// something, left by a pass that found nothing new (lagSeconds 0 says the latest pass
+    /// confirmed it) or that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced: Option<Time>,
     /// Whether the lag is within `maxLag`.

@@ -48,6 +48,11 @@ pub struct Context {
     pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant)>>,
     /// The superuser's client certificate and the CA that signed it; renewed when due.
     pub superuser: tokio::sync::Mutex<Option<(crate::pki::Leaf, String)>>,
+    /// When each mirror (by policy UID and repository) last had a pass that went through: the
+    /// mirror's lag runs from it, and it spaces the passes.
+    pub mirror_passes: std::sync::Mutex<
+        std::collections::HashMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    >,
     /// The namespaces' labels, from the database controller's watch of namespaces.
     pub namespace_labels: selection::NamespaceLabels,
     /// Per database (by UID), what each run of its servers (pod UID and container start) was

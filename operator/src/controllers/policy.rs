@@ -165,12 +165,16 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
 /// database's change wakes the controller.
 const MIRROR_PASS_EVERY: Duration = Duration::from_secs(20);
 
-/// The mirror's status after a pass: no lag when it went through; otherwise the time since the
-/// last complete pass (what the primary gained since may be missing). Pure.
+/// The mirror's status after a pass. `lastSynced` says since when the mirror has held all the
+/// primary held: a pass that copied something moves it to now, one that found nothing new
+/// leaves it, so an idle mirror rewrites no status. A pass that failed leaves it too, and the
+/// lag runs from the last pass that went through (`last_pass`, kept by this process; the
+/// policy's creation when there was none). Pure.
 fn mirror_status(
     repository: &Repository,
-    pass: &std::result::Result<(), String>,
+    pass: &std::result::Result<u64, String>,
     last_synced: Option<&Time>,
+    last_pass: Option<&Time>,
     since: &Time,
     now: &Time,
 ) -> MirrorStatus {
@@ -179,10 +183,11 @@ fn mirror_status(
         .as_deref()
         .and_then(validate::parse_duration)
         .unwrap_or(3600);
-    let (lag_seconds, last_synced) = match pass {
-        Ok(()) => (0, Some(now.clone())),
-        Err(_) => {
-            let from = last_synced.unwrap_or(since);
+    let (lag_seconds, last_synced) = match (pass, last_synced) {
+        (Ok(0), Some(synced)) => (0, Some(synced.clone())),
+        (Ok(_), _) => (0, Some(now.clone())),
+        (Err(_), _) => {
+            let from = last_pass.or(last_synced).unwrap_or(since);
             (
                 (now.0.as_second() - from.0.as_second()).max(0),
                 last_synced.cloned(),
@@ -220,11 +225,16 @@ async fn keep_mirrors(
     let mut statuses = Vec::new();
     for repository in policy.spec.repositories.iter().skip(1) {
         let before = previous.iter().find(|m| m.name == repository.name);
-        let recent = before
-            .and_then(|m| m.last_synced.as_ref())
-            .is_some_and(|t| {
-                now.0.as_second() - t.0.as_second() < MIRROR_PASS_EVERY.as_secs() as i64
-            });
+        let key = format!("{}/{}", policy.uid().unwrap_or_default(), repository.name);
+        let last_pass = ctx
+            .mirror_passes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let last = before.and_then(|m| m.last_synced.as_ref());
+        let recent = last_pass.as_ref().or(last).is_some_and(|t| {
+            now.0.as_second() - t.0.as_second() < MIRROR_PASS_EVERY.as_secs() as i64
+        });
         if let (true, Some(before)) = (recent, before) {
             statuses.push(before.clone());
             continue;
@@ -236,25 +246,30 @@ async fn keep_mirrors(
             (Ok((from, _)), Ok((to, _))) => pass(primary, &from, repository, &to).await,
             _ => Err("the repositories' Secrets are missing".to_string()),
         };
-        if let Err(error) = &pass {
-            tracing::warn!(
+        match &pass {
+            Ok(_) => {
+                if let Ok(mut passes) = ctx.mirror_passes.lock() {
+                    passes.insert(key, now.clone());
+                }
+            }
+            Err(error) => tracing::warn!(
                 policy = %policy.name_any(), mirror = %repository.name, %error,
                 "mirror pass failed; it is retried"
-            );
+            ),
         }
-        let last = before.and_then(|m| m.last_synced.as_ref());
-        statuses.push(mirror_status(repository, &pass, last, &since, now));
+        let status = mirror_status(repository, &pass, last, last_pass.as_ref(), &since, now);
+        statuses.push(status);
     }
     Ok(statuses)
 }
 
-/// One pass copying what `primary` gained to `mirror`.
+/// One pass copying what `primary` gained to `mirror`; how many objects it copied.
 async fn pass(
     primary: &Repository,
     from: &backups::Keys,
     mirror: &Repository,
     to: &backups::Keys,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<u64, String> {
     let open = |repository, keys: &backups::Keys| {
         mirror::open(&mirror::Access {
             repository,
@@ -274,7 +289,7 @@ async fn pass(
     // The mirror is not in step with a primary whose written-once objects changed: it keeps the
     // verified copies, and the lag grows until someone looks.
     match done.changed.as_slice() {
-        [] => Ok(()),
+        [] => Ok(done.copied as u64),
         changed => Err(format!(
             "{} objects changed in the primary repository after they were mirrored; the mirror keeps its verified copies: {}",
             changed.len(),
@@ -602,22 +617,40 @@ mod tests {
         let mut repository = policy(2).spec.repositories[1].clone();
         repository.max_lag = Some("1m".into());
         let at = |s: &str| Time(s.parse().unwrap());
-        let (created, synced, now) = (
+        let (created, synced, passed, now) = (
             at("2026-11-30T00:00:00Z"),
+            at("2026-11-30T00:30:00Z"),
             at("2026-11-30T01:00:00Z"),
             at("2026-11-30T01:00:50Z"),
         );
-        let ok = mirror_status(&repository, &Ok(()), Some(&synced), &created, &now);
-        assert_eq!((ok.lag_seconds, ok.healthy), (0, true));
-        assert_eq!(ok.last_synced, Some(now.clone()));
+        let status = |pass, synced, passed, now| {
+            mirror_status(&repository, pass, synced, passed, &created, now)
+        };
+        let copied = status(&Ok(3), Some(&synced), Some(&passed), &now);
+        assert_eq!((copied.lag_seconds, copied.healthy), (0, true));
+        assert_eq!(copied.last_synced, Some(now.clone()));
+        let idle = status(&Ok(0), Some(&synced), Some(&passed), &now);
+        assert_eq!((idle.lag_seconds, idle.healthy), (0, true));
+        assert_eq!(
+            idle.last_synced,
+            Some(synced.clone()),
+            "a pass that found nothing new rewrites nothing"
+        );
+        let first = status(&Ok(0), None, None, &now);
+        assert_eq!(first.last_synced, Some(now.clone()));
         let down = Err("connection refused".to_string());
-        let recent = mirror_status(&repository, &down, Some(&synced), &created, &now);
+        let recent = status(&down, Some(&synced), Some(&passed), &now);
         assert_eq!((recent.lag_seconds, recent.healthy), (50, true));
         let later = at("2026-11-30T01:01:30Z");
-        let long = mirror_status(&repository, &down, Some(&synced), &created, &later);
+        let long = status(&down, Some(&synced), Some(&passed), &later);
         assert_eq!((long.lag_seconds, long.healthy), (90, false));
-        assert_eq!(long.last_synced, Some(synced));
-        let never = mirror_status(&repository, &down, None, &created, &now);
+        assert_eq!(long.last_synced, Some(synced.clone()));
+        let restarted = status(&down, Some(&synced), None, &now);
+        assert_eq!(
+            restarted.lag_seconds, 1850,
+            "from lastSynced when no pass is known"
+        );
+        let never = status(&down, None, None, &now);
         assert_eq!(never.lag_seconds, 3650);
     }
 }
