@@ -84,7 +84,7 @@ async fn selecting(ctx: &Context, db: &SectorDatabase) -> Result<Vec<BackupPolic
     Ok(policies
         .into_iter()
         .filter_map(|guard| guard.0.ok())
-        .filter(|p| super::policy::selects(&p.spec.database_selector, &labels, db))
+        .filter(|p| super::selection::selects(&p.spec.database_selector, &labels, db))
         .collect())
 }
 

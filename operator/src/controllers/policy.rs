@@ -10,51 +10,23 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
-use kube::core::{DeserializeGuard, Selector, SelectorExt};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::selection::selects;
 use super::{Context, Result, announce, backups, now, report_undecodable, write_status};
-use crate::api::policy::{
-    BackupPolicyStatus, DatabaseSelector, MirrorStatus, Repository, VerificationResult,
-};
+use crate::api::policy::{BackupPolicyStatus, MirrorStatus, Repository, VerificationResult};
 use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::{mirror, schedule};
 use crate::conditions::{Want, settle, status_of};
 use crate::validate;
 
 pub const CONTROLLER: &str = "policy";
-
-/// Whether a label selector matches; a selector that cannot be read matches nothing.
-fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
-}
-
-/// Whether a policy's selector picks a database in a namespace with `namespace_labels`. A
-/// selector with neither `namespaceSelector` nor `selector` picks none.
-pub fn selects(
-    selector: &DatabaseSelector,
-    namespace_labels: &BTreeMap<String, String>,
-    db: &SectorDatabase,
-) -> bool {
-    if selector.namespace_selector.is_none() && selector.selector.is_none() {
-        return false;
-    }
-    selector
-        .namespace_selector
-        .as_ref()
-        .is_none_or(|s| matches(s, namespace_labels))
-        && selector
-            .selector
-            .as_ref()
-            .is_none_or(|s| matches(s, db.labels()))
-        && (selector.security_levels.is_empty()
-            || selector.security_levels.contains(&db.spec.security_level))
-}
 
 /// What the controller read about the databases and Secrets a policy names.
 #[derive(Debug, Default)]
@@ -479,6 +451,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::policy::DatabaseSelector;
     use serde_json::json;
 
     fn db(level: i32, labels: serde_json::Value) -> SectorDatabase {

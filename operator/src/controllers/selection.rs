@@ -1,15 +1,44 @@
-//! Which databases an event of a BackupPolicy concerns, and which policies an event of a
-//! database concerns: the controllers wake only those, from what the watches already
-//! delivered, with no API call per event.
+//! Which databases a BackupPolicy selects; which databases an event of a policy concerns and
+//! which policies an event of a database concerns: the controllers wake only those, from what
+//! the watches already delivered, with no API call per event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 
-use super::policy::selects;
+use crate::api::policy::DatabaseSelector;
 use crate::api::{BackupPolicy, SectorDatabase};
+
+/// Whether a label selector matches; a selector that cannot be read matches nothing.
+fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
+}
+
+/// Whether a policy's selector picks a database in a namespace with `namespace_labels`. A
+/// selector with neither `namespaceSelector` nor `selector` picks none.
+pub fn selects(
+    selector: &DatabaseSelector,
+    namespace_labels: &BTreeMap<String, String>,
+    db: &SectorDatabase,
+) -> bool {
+    if selector.namespace_selector.is_none() && selector.selector.is_none() {
+        return false;
+    }
+    selector
+        .namespace_selector
+        .as_ref()
+        .is_none_or(|s| matches(s, namespace_labels))
+        && selector
+            .selector
+            .as_ref()
+            .is_none_or(|s| matches(s, db.labels()))
+        && (selector.security_levels.is_empty()
+            || selector.security_levels.contains(&db.spec.security_level))
+}
 
 /// The namespaces' labels as their watch last delivered them (policies select by them).
 #[derive(Clone, Default)]
