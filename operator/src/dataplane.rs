@@ -79,6 +79,8 @@ pub struct Settings<'a> {
     pub image: &'a str,
     pub image_pull_policy: &'a str,
     pub operator_namespace: &'a str,
+    /// Ranges the platform lets reach every database besides the agency and the operator.
+    pub trusted_ingress_cidrs: &'a [String],
 }
 
 /// Labels that select a database's pods.
@@ -449,6 +451,16 @@ pub fn drill_pod(db: &SectorDatabase, settings: &Settings) -> Pod {
 /// Default deny, then: the agency's own namespace, and the operator.
 pub fn network_policy(db: &SectorDatabase, settings: &Settings) -> NetworkPolicy {
     let namespace_named = |name: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}});
+    let mut from = vec![
+        json!({"podSelector": {}}),
+        namespace_named(settings.operator_namespace),
+    ];
+    from.extend(
+        settings
+            .trusted_ingress_cidrs
+            .iter()
+            .map(|cidr| json!({"ipBlock": {"cidr": cidr}})),
+    );
     from_json(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": metadata(db, &db.name_any()),
@@ -456,7 +468,7 @@ pub fn network_policy(db: &SectorDatabase, settings: &Settings) -> NetworkPolicy
             "podSelector": {"matchLabels": selector_labels(db)},
             "policyTypes": ["Ingress"],
             "ingress": [{
-                "from": [{"podSelector": {}}, namespace_named(settings.operator_namespace)],
+                "from": from,
                 "ports": [{"protocol": "TCP", "port": PORT}]
             }]
         }
@@ -595,7 +607,30 @@ mod tests {
             image: "local/sectordb-postgres:15",
             image_pull_policy: "Never",
             operator_namespace: "sectordb-system",
+            trusted_ingress_cidrs: &[],
         }
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_agency_the_operator_and_only_the_platform_s_ranges() {
+        let peers = |np: &NetworkPolicy| {
+            serde_json::to_value(&np.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0].from)
+                .unwrap()
+        };
+        assert_eq!(
+            peers(&network_policy(&db(), &settings())),
+            json!([{"podSelector": {}},
+                   {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "sectordb-system"}}}])
+        );
+        let cidrs = ["10.200.0.1/32".to_string()];
+        let trusted = Settings {
+            trusted_ingress_cidrs: &cidrs,
+            ..settings()
+        };
+        assert_eq!(
+            peers(&network_policy(&db(), &trusted))[2],
+            json!({"ipBlock": {"cidr": "10.200.0.1/32"}})
+        );
     }
 
     #[test]

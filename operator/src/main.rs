@@ -69,6 +69,24 @@ struct RunArgs {
         default_value = "IfNotPresent"
     )]
     postgres_image_pull_policy: String,
+    /// Address ranges (CIDR, comma-separated) besides the agency's own pods and the operator
+    /// that may open connections to every database, e.g. the platform's monitoring. Set by the
+    /// platform, never by an agency.
+    #[arg(long, env = "TRUSTED_INGRESS_CIDRS", value_delimiter = ',', value_parser = cidr)]
+    trusted_ingress_cidrs: Vec<String>,
+}
+
+/// An IPv4 or IPv6 network in CIDR notation, as a NetworkPolicy's ipBlock takes it.
+fn cidr(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a CIDR such as 10.0.0.0/8");
+    let (addr, bits) = s.trim().split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let bits: u8 = bits.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if bits > max {
+        return Err(bad());
+    }
+    Ok(format!("{addr}/{bits}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -189,6 +207,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         postgres_image: args.postgres_image.clone(),
         postgres_image_pull_policy: args.postgres_image_pull_policy.clone(),
+        trusted_ingress_cidrs: args.trusted_ingress_cidrs.clone(),
         disruption_budget_api: startup::disruption_budget_api(&client).await,
         ca: tokio::sync::Mutex::new(None),
         superuser: tokio::sync::Mutex::new(None),
@@ -213,4 +232,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cidr;
+
+    #[test]
+    fn a_trusted_range_must_be_a_network_in_cidr_notation() {
+        assert_eq!(cidr("10.200.0.1/32").as_deref(), Ok("10.200.0.1/32"));
+        assert_eq!(cidr(" fd00:10::/64").as_deref(), Ok("fd00:10::/64"));
+        for bad in [
+            "10.200.0.1",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "0.0.0.0/x",
+            "host/8",
+            "",
+        ] {
+            assert!(cidr(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

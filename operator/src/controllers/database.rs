@@ -33,7 +33,7 @@ use crate::api::database::{
 };
 use crate::api::{Agency, BackupPolicy, SectorDatabase};
 use crate::conditions::{Want, settle};
-use crate::dataplane::{self, Names, Settings};
+use crate::dataplane::{self, Names};
 use crate::pgconf::PORT;
 use crate::pki;
 use crate::profile::{Observed, SecurityProfile};
@@ -325,11 +325,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     let namespace = db.namespace().unwrap_or_default();
     let client = ctx.client.clone();
     let n: Names = dataplane::names(&db.name_any());
-    let settings = Settings {
-        image: &ctx.postgres_image,
-        image_pull_policy: &ctx.postgres_image_pull_policy,
-        operator_namespace: &ctx.namespace,
-    };
+    let settings = ctx.settings();
 
     let config = dataplane::config_map(db);
     let config_hash = dataplane::config_hash(&config);

@@ -14,7 +14,7 @@ use super::{Context, Result, apply_child, now};
 use crate::api::SectorDatabase;
 use crate::api::database::DrillRecord;
 use crate::backup::{drill, exec, pgbackrest};
-use crate::dataplane::{self, Settings};
+use crate::dataplane;
 
 pub const REQUEST_ANNOTATION: &str = "sectordb.io/drill-request";
 
@@ -95,11 +95,7 @@ pub async fn run(
         )));
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let settings = Settings {
-        image: &ctx.postgres_image,
-        image_pull_policy: &ctx.postgres_image_pull_policy,
-        operator_namespace: &ctx.namespace,
-    };
+    let settings = ctx.settings();
     remove(&pods, &n.drill, &db.uid().unwrap_or_default()).await?;
     pods.create(&PostParams::default(), &dataplane::drill_pod(db, &settings))
         .await?;

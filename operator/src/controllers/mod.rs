@@ -41,6 +41,8 @@ pub struct Context {
     pub namespace: String,
     pub postgres_image: String,
     pub postgres_image_pull_policy: String,
+    /// Address ranges the platform lets reach every database (NetworkPolicy ipBlocks).
+    pub trusted_ingress_cidrs: Vec<String>,
     /// Where PodDisruptionBudgets are served (policy/v1, or policy/v1beta1 before 1.21); `None`
     /// when the cluster serves neither.
     pub disruption_budget_api: Option<kube::api::ApiResource>,
@@ -61,6 +63,18 @@ pub struct Context {
     pub installed: std::sync::Mutex<
         std::collections::HashMap<String, std::collections::HashMap<String, String>>,
     >,
+}
+
+impl Context {
+    /// What the database pods are built with.
+    pub fn settings(&self) -> crate::dataplane::Settings<'_> {
+        crate::dataplane::Settings {
+            image: &self.postgres_image,
+            image_pull_policy: &self.postgres_image_pull_policy,
+            operator_namespace: &self.namespace,
+            trusted_ingress_cidrs: &self.trusted_ingress_cidrs,
+        }
+    }
 }
 
 /// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
