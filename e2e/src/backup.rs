@@ -12,7 +12,7 @@ use sectordb::api::{BackupPolicy, SectorDatabase};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{OPERATOR_NAMESPACE, TestNamespace, secret_text};
+use crate::{OPERATOR_NAMESPACE, TestNamespace, harness, secret_text};
 
 /// One S3 server of `e2e/cluster object-stores`.
 #[derive(Clone, Debug, Deserialize)]
@@ -27,26 +27,13 @@ pub struct ObjectStore {
     pub ca_secret: String,
 }
 
-fn harness() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster")
-}
-
 /// The object stores the harness runs (`e2e/cluster object-stores` prints one JSON line each):
 /// what scripts/test saved in `SECTORDB_OBJECT_STORES`, or else the harness's answer (which also
 /// starts them, and would bring back a data center a test has cut off).
 pub fn object_stores() -> Result<Vec<ObjectStore>> {
     let printed = match std::env::var("SECTORDB_OBJECT_STORES") {
         Ok(printed) => printed,
-        Err(_) => {
-            let out = Command::new(harness()).arg("object-stores").output()?;
-            if !out.status.success() {
-                bail!(
-                    "e2e/cluster object-stores: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            String::from_utf8(out.stdout)?
-        }
+        Err(_) => harness(&["object-stores"])?,
     };
     printed
         .lines()
@@ -376,16 +363,7 @@ impl Setup {
 /// Cuts a data center off (`stop`) or brings it back (`start`): its TLS front, as a WAN outage
 /// would; the objects it holds survive.
 pub fn object_store(action: &str, name: &str) -> Result<()> {
-    let out = Command::new(harness())
-        .args([&format!("object-store-{action}"), name])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "e2e/cluster object-store-{action} {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    harness(&[&format!("object-store-{action}"), name]).map(drop)
 }
 
 /// Whether the policy's first mirror completed a pass after `after`, in sync.

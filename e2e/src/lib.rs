@@ -420,3 +420,85 @@ pub async fn operator_ready(client: &Client) -> Result<String> {
     .await?;
     Ok(readyz)
 }
+
+/// What a one-shot pod printed, and whether it succeeded.
+pub struct PodRun {
+    pub succeeded: bool,
+    pub logs: String,
+}
+
+/// Runs `script` with `sh -c` in a throwaway pod of `namespace` (the PostgreSQL image, as the
+/// postgres user), with the Secret `secret`, if any, mounted at /s; waits until it ends and
+/// deletes it. As an agency's own workload would run: no privileges, the cluster's network.
+pub async fn run_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    secret: Option<&str>,
+    script: &str,
+) -> Result<PodRun> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 100, "runAsNonRoot": true},
+            "containers": [{
+                "name": "run", "image": "local/sectordb-postgres:15", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script]
+            }]
+        }
+    });
+    if let Some(secret) = secret {
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "s", "mountPath": "/s", "readOnly": true}]);
+        pod["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": secret}}]);
+    }
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+        .await?;
+    let done = wait_for(
+        &pods,
+        name,
+        Duration::from_secs(120),
+        &format!("pod {name} finished"),
+        |p| {
+            p.and_then(|p| p.status.as_ref()?.phase.clone())
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+        },
+    )
+    .await?
+    .with_context(|| format!("pod {name} vanished"))?;
+    let logs = pods.logs(name, &Default::default()).await?;
+    pods.delete(name, &DeleteParams::default()).await?;
+    Ok(PodRun {
+        succeeded: done.status.and_then(|s| s.phase).as_deref() == Some("Succeeded"),
+        logs,
+    })
+}
+
+/// A libpq connection string from the credentials Secret mounted at /s, for `sh -c`: by the
+/// Service's DNS name alone, or with the address the Secret also holds (clusters without DNS).
+pub fn libpq_from_secret(with_hostaddr: bool) -> String {
+    let hostaddr = if with_hostaddr {
+        " hostaddr=$(cat /s/hostaddr)"
+    } else {
+        ""
+    };
+    format!(
+        "host=$(cat /s/host){hostaddr} port=$(cat /s/port) dbname=$(cat /s/dbname) user=$(cat /s/user) password=$(cat /s/password) sslmode=verify-full sslrootcert=/s/ca.crt"
+    )
+}
+
+/// Runs the test cluster's harness, `e2e/cluster ARGS...`, and returns what it printed.
+pub fn harness(args: &[&str]) -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+    let out = std::process::Command::new(path).args(args).output()?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "e2e/cluster {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -85,4 +85,36 @@ pub fn replication(name: &str, consumer: &str, target: &str) -> Result<DataShari
         database: target.into(),
     });
     Ok(conn)
+}
+
+/// Grants the consumer the provider's `vaccinations` dataset until `valid_until`,
+/// waits until the connection is Active, and returns it with the Secret delivered to the consumer.
+pub async fn grant(
+    client: &Client,
+    a: &Agencies,
+    name: &str,
+    valid_until: &str,
+) -> Result<(DataSharingConnection, Secret)> {
+    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
+    api.create(
+        &PostParams::default(),
+        &connection(name, &a.consumer.name, valid_until, "vaccinations")?,
+    )
+    .await?;
+    let conn = wait_for(&api, name, Duration::from_secs(90), "Active", |c| {
+        phase(c) == Some(ConnectionPhase::Active)
+    })
+    .await?
+    .context("connection vanished")?;
+    let secret_name = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_ref.as_ref())
+        .context("no secretRef")?
+        .name
+        .clone();
+    let secret = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
+        .get(&secret_name)
+        .await?;
+    Ok((conn, secret))
 }

@@ -12,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
-    Superuser, TestNamespace, client, connect_with, database, is_ready, observed_current, poll,
-    ready_reason, secret_text, wait_for,
+    Superuser, TestNamespace, client, connect_with, database, is_ready, libpq_from_secret,
+    observed_current, poll, ready_reason, run_pod, secret_text, wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -112,42 +112,27 @@ async fn a_database_becomes_ready_and_serves_tls_clients_only() -> Result<()> {
         "{refused:?}"
     );
 
-    // From another pod, psql with nothing but the Secret (no cluster DNS: hostaddr does it).
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let pod = json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psql"},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsUser": 100, "runAsNonRoot": true},
-            "containers": [{
-                "name": "psql", "image": "local/sectordb-postgres:15", "imagePullPolicy": "Never",
-                "command": ["sh", "-c", "psql \"host=$(cat /s/host) hostaddr=$(cat /s/hostaddr) port=5432 dbname=$(cat /s/dbname) user=$(cat /s/user) password=$(cat /s/password) sslmode=verify-full sslrootcert=/s/ca.crt\" -Atc 'SELECT count(*) FROM t'"],
-                "volumeMounts": [{"name": "s", "mountPath": "/s", "readOnly": true}]
-            }],
-            "volumes": [{"name": "s", "secret": {"secretName": app.name_any()}}]
-        }
-    });
-    pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+    // From another pod, psql with nothing but the Secret: by the Service's DNS name, and by
+    // name and address (for clusters without DNS).
+    for with_hostaddr in [false, true] {
+        let run = run_pod(
+            &client,
+            &ns.name,
+            "psql",
+            Some(&app.name_any()),
+            &format!(
+                "psql \"{}\" -Atc 'SELECT count(*) FROM t'",
+                libpq_from_secret(with_hostaddr)
+            ),
+        )
         .await?;
-    let done = wait_for(
-        &pods,
-        "psql",
-        Duration::from_secs(120),
-        "psql pod finished",
-        |p| {
-            p.and_then(|p| p.status.as_ref()?.phase.clone())
-                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
-        },
-    )
-    .await?
-    .context("psql pod vanished")?;
-    let logs = pods.logs("psql", &Default::default()).await?;
-    assert_eq!(
-        done.status.and_then(|s| s.phase).as_deref(),
-        Some("Succeeded"),
-        "psql: {logs}"
-    );
-    assert_eq!(logs.trim(), "2");
+        assert!(
+            run.succeeded,
+            "psql (hostaddr: {with_hostaddr}): {}",
+            run.logs
+        );
+        assert_eq!(run.logs.trim(), "2", "hostaddr: {with_hostaddr}");
+    }
     ns.delete().await
 }
 

@@ -12,39 +12,9 @@ use kube::{Api, Client};
 use sectordb::api::DataSharingConnection;
 use sectordb::api::SectorDatabase;
 use sectordb::api::connection::ConnectionPhase;
-use sectordb_e2e::sharing::{Agencies, agencies, connection, phase, replication};
+use sectordb_e2e::sharing::{agencies, connection, grant, phase, replication};
 use sectordb_e2e::{Superuser, TestNamespace, client, connect_with, poll, wait_for};
 use serde_json::json;
-
-async fn grant(
-    client: &Client,
-    a: &Agencies,
-    name: &str,
-    valid_until: &str,
-) -> Result<(DataSharingConnection, Secret)> {
-    let api: Api<DataSharingConnection> = Api::namespaced(client.clone(), &a.provider.name);
-    api.create(
-        &PostParams::default(),
-        &connection(name, &a.consumer.name, valid_until, "vaccinations")?,
-    )
-    .await?;
-    let conn = wait_for(&api, name, Duration::from_secs(90), "Active", |c| {
-        phase(c) == Some(ConnectionPhase::Active)
-    })
-    .await?
-    .context("connection vanished")?;
-    let secret_name = conn
-        .status
-        .as_ref()
-        .and_then(|s| s.secret_ref.as_ref())
-        .context("no secretRef")?
-        .name
-        .clone();
-    let secret = Api::<Secret>::namespaced(client.clone(), &a.consumer.name)
-        .get(&secret_name)
-        .await?;
-    Ok((conn, secret))
-}
 
 fn denied(result: std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>) -> bool {
     result
