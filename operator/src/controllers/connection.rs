@@ -404,6 +404,18 @@ async fn grant_access(
             ));
         }
     };
+    // The network path first: a subscription connects to the provider the moment it is made,
+    // and a cluster that enforces NetworkPolicy refuses it until the path is open. Without the
+    // role's password the path alone lets nobody in.
+    let policies: Api<NetworkPolicy> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    apply_child(
+        ctx,
+        CONTROLLER,
+        &policies,
+        sharing::network_policy(conn, provider),
+    )
+    .await?;
     let delivery = match (conn.spec.mode, target) {
         (SharingMode::Replicate, Some(target)) => {
             replicate(ctx, conn, provider, target, &session, &role, &tables).await?
@@ -414,15 +426,6 @@ async fn grant_access(
         Ok(delivery) => delivery,
         Err(outcome) => return Ok(outcome),
     };
-    let policies: Api<NetworkPolicy> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    apply_child(
-        ctx,
-        CONTROLLER,
-        &policies,
-        sharing::network_policy(conn, provider),
-    )
-    .await?;
     Ok(Outcome::Granted {
         role,
         tables,
