@@ -14,13 +14,25 @@ use sectordb_e2e::{TestNamespace, client, poll, run_pod, secret_text, wait_for};
 
 /// Whether a pod in `namespace` opens a TCP connection to PostgreSQL at `addr` (pg_isready:
 /// 0 accepting, 2 no response; anything else is not a network answer and fails the test).
-async fn reaches(client: &Client, namespace: &str, name: &str, addr: &str) -> Result<bool> {
+/// `tries` attempts a second apart: a pod's first connections may be refused while its node's
+/// kube-router and kube-proxy catch up with it, so a pod that should get in is given time.
+async fn reaches(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    addr: &str,
+    tries: u32,
+) -> Result<bool> {
+    let probe = format!("pg_isready -h {addr} -p 5432 -t 5");
     let run = run_pod(
         client,
         namespace,
         name,
         None,
-        &format!("pg_isready -h {addr} -p 5432 -t 5; echo rc=$?"),
+        &format!(
+            "for i in $(seq {}); do {probe} >/dev/null 2>&1 && break; sleep 1; done; {probe}; echo rc=$?",
+            tries.saturating_sub(1)
+        ),
     )
     .await?;
     match run.logs.lines().rev().find_map(|l| l.strip_prefix("rc=")) {
@@ -42,15 +54,15 @@ async fn only_the_agency_the_operator_and_granted_consumers_reach_a_database() -
     let addr = secret_text(&app, "hostaddr")?;
 
     assert!(
-        reaches(&client, &a.provider.name, "own", &addr).await?,
+        reaches(&client, &a.provider.name, "own", &addr, 15).await?,
         "the agency's own pod is refused"
     );
     assert!(
-        !reaches(&client, &outsider.name, "outsider", &addr).await?,
+        !reaches(&client, &outsider.name, "outsider", &addr, 1).await?,
         "a namespace without a grant reached the database"
     );
     assert!(
-        !reaches(&client, &a.consumer.name, "before", &addr).await?,
+        !reaches(&client, &a.consumer.name, "before", &addr, 1).await?,
         "the consumer reached the database before any grant"
     );
 
@@ -63,7 +75,7 @@ async fn only_the_agency_the_operator_and_granted_consumers_reach_a_database() -
             attempt += 1;
             let (client, ns, addr) = (client.clone(), a.consumer.name.clone(), addr.clone());
             async move {
-                reaches(&client, &ns, &format!("granted-{attempt}"), &addr)
+                reaches(&client, &ns, &format!("granted-{attempt}"), &addr, 15)
                     .await
                     .ok()
                     .filter(|r| *r)
@@ -90,7 +102,7 @@ async fn only_the_agency_the_operator_and_granted_consumers_reach_a_database() -
             attempt += 1;
             let (client, ns, addr) = (client.clone(), a.consumer.name.clone(), addr.clone());
             async move {
-                reaches(&client, &ns, &format!("revoked-{attempt}"), &addr)
+                reaches(&client, &ns, &format!("revoked-{attempt}"), &addr, 1)
                     .await
                     .ok()
                     .filter(|r| !*r)
@@ -101,7 +113,7 @@ async fn only_the_agency_the_operator_and_granted_consumers_reach_a_database() -
     .await
     .context("the consumer still reaches the database after revocation")?;
     assert!(
-        !reaches(&client, &outsider.name, "outsider-after", &addr).await?,
+        !reaches(&client, &outsider.name, "outsider-after", &addr, 1).await?,
         "the outsider reached the database"
     );
     outsider.delete().await?;
