@@ -421,6 +421,14 @@ pub async fn operator_ready(client: &Client) -> Result<String> {
     Ok(readyz)
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// What a one-shot pod printed, and whether it succeeded.
 pub struct PodRun {
     pub succeeded: bool,

@@ -13,7 +13,7 @@ use sectordb::api::SectorDatabase;
 use sectordb::api::database::DatabasePhase;
 use sectordb_e2e::{
     Superuser, TestNamespace, client, connect_with, database, is_ready, libpq_from_secret,
-    observed_current, poll, ready_reason, run_pod, secret_text, wait_for,
+    observed_current, pod_ready, poll, ready_reason, run_pod, secret_text, wait_for,
 };
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -135,13 +135,6 @@ async fn a_database_becomes_ready_and_serves_tls_clients_only() -> Result<()> {
         assert_eq!(run.logs.trim(), "2", "hostaddr: {with_hostaddr}");
     }
     ns.delete().await
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[tokio::test]

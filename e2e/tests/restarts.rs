@@ -17,7 +17,7 @@ use sectordb_e2e::backup::{Setup, objects, request_backup, request_done};
 use sectordb_e2e::sharing::{Agencies, agencies, connection, phase};
 use sectordb_e2e::{
     OPERATOR_NAME, OPERATOR_NAMESPACE, Superuser, TestNamespace, client, connect_with, database,
-    is_ready, observed_current, operator_pod, operator_ready, poll, proxy_get, wait_for,
+    is_ready, observed_current, operator_pod, operator_ready, pod_ready, poll, proxy_get, wait_for,
 };
 
 use serde_json::json;
@@ -178,15 +178,7 @@ async fn an_operator_killed_while_provisioning_finishes_without_duplicates() -> 
             .list(&ListParams::default().labels("app.kubernetes.io/name=sectordb-operator"))
             .await
             .ok()?;
-        pods.items
-            .iter()
-            .any(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .then_some(())
+        pods.items.iter().any(pod_ready).then_some(())
     })
     .await?;
     ns.delete().await
