@@ -379,18 +379,29 @@ pub fn mirrored_after(policy: &BackupPolicy, after: jiff::Timestamp) -> bool {
 
 /// A data center cut off (`e2e/cluster object-store-stop`) until this is dropped, however the
 /// test ends.
-pub struct Outage(String);
+pub struct Outage(Option<String>);
 
 impl Outage {
     pub fn begin(name: &str) -> Result<Outage> {
         object_store("stop", name)?;
-        Ok(Outage(name.to_string()))
+        Ok(Outage(Some(name.to_string())))
+    }
+
+    /// Brings the data center back; a start that fails fails the test, where the drop could only
+    /// try.
+    pub fn end(mut self) -> Result<()> {
+        match self.0.take() {
+            Some(name) => object_store("start", &name),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for Outage {
     fn drop(&mut self) {
-        let _ = object_store("start", &self.0);
+        if let Some(name) = self.0.take() {
+            let _ = object_store("start", &name);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
 use sectordb::api::{Agency, DataSharingConnection, SectorDatabase};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -78,13 +79,22 @@ pub async fn wait_for<K>(
     condition: impl Fn(Option<&K>) -> bool,
 ) -> Result<Option<K>>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+    K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + 'static,
 {
-    Ok(
-        tokio::time::timeout(timeout, await_condition(api.clone(), name, condition))
-            .await
-            .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {name}: {what}"))??,
-    )
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, condition)).await {
+        Ok(found) => Ok(found?),
+        Err(_) => {
+            // The status it ended with says why, where the condition alone cannot.
+            let last = api.get_opt(name).await.ok().flatten();
+            let status = last
+                .and_then(|o| serde_json::to_value(o).ok())
+                .map(|v| v["status"].to_string())
+                .unwrap_or_else(|| "the object is gone".into());
+            Err(anyhow!(
+                "timed out after {timeout:?} waiting for {name}: {what}; its status: {status}"
+            ))
+        }
+    }
 }
 
 /// Polls `probe` until it returns `Some`, or fails after `timeout`; for state that has no watch.

@@ -106,6 +106,6 @@ async fn a_database_restores_from_the_mirror_while_the_primary_is_unreachable() 
         "the mirror's latest backup is not the one status names: {labels:?}"
     );
     assert_eq!(Some(labels.len() as i32), source.backups, "{labels:?}");
-    drop(outage);
+    outage.end()?;
     setup.delete().await
 }
