@@ -210,6 +210,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         trusted_ingress_cidrs: args.trusted_ingress_cidrs.clone(),
         disruption_budget_api: startup::disruption_budget_api(&client).await,
         ca: tokio::sync::Mutex::new(None),
+        ca_changes: Default::default(),
         superuser: tokio::sync::Mutex::new(None),
         mirror_passes: Default::default(),
         namespace_labels: Default::default(),

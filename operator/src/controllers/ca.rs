@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -29,7 +30,8 @@ const PREVIOUS_UNTIL: &str = "sectordb.io/previous-trusted-until";
 const DAY: i64 = 86_400;
 /// How long every client is given to learn a new CA before it signs anything.
 const OVERLAP: i64 = 30 * DAY;
-/// How often the CA Secret is read again (a rotation step, or another replica's).
+/// How often the CA Secret is read again when the watch saw no change: a rotation step falls
+/// due with time alone.
 const RELOAD: Duration = Duration::from_secs(60);
 
 /// Who signs, and whom clients trust.
@@ -95,17 +97,25 @@ pub fn rotate(
     Ok((next != *state).then_some(next))
 }
 
-/// The CA, read again at most every minute and moved along its rotation when due.
+/// The CA, read again when its Secret changed or a minute passed, and moved along its rotation
+/// when due.
 pub async fn operator_ca(ctx: &Context) -> Result<Arc<Authority>> {
     let mut cached = ctx.ca.lock().await;
-    if let Some((authority, at)) = cached.as_ref() {
-        if at.elapsed() < RELOAD {
+    // Read before the Secret: a change seen while it loads makes the next call read again.
+    let changes = ctx.ca_changes.load(Ordering::Acquire);
+    if let Some((authority, at, seen)) = cached.as_ref() {
+        if at.elapsed() < RELOAD && *seen == changes {
             return Ok(authority.clone());
         }
     }
     let authority = Arc::new(load_and_rotate(ctx).await?.authority());
-    *cached = Some((authority.clone(), Instant::now()));
+    *cached = Some((authority.clone(), Instant::now(), changes));
     Ok(authority)
+}
+
+/// What the CA Secret's watch calls on each change.
+pub fn ca_changed(ctx: &Context) {
+    ctx.ca_changes.fetch_add(1, Ordering::AcqRel);
 }
 
 async fn load_and_rotate(ctx: &Context) -> Result<CaState> {

@@ -22,8 +22,8 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::{
-    Authority, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, operator_ca, stored_leaf,
-    superuser_certificate,
+    Authority, CA_SECRET, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, ca_changed, operator_ca,
+    stored_leaf, superuser_certificate,
 };
 use super::{Context, Result, announce, apply_child, event, now, write_status};
 use super::{backups, restore, secret_value, selection};
@@ -975,6 +975,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let recorded = ctx.namespace_labels.clone();
     // A namespace's labels decide which policy covers its databases.
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    // Every database trusts the operator's CA and serves a certificate it signed: a rotation
+    // step (or another replica's) reaches them all at once.
+    let ca_secret: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let following_ca = controller.store();
+    let ca_ctx = ctx.clone();
     controller
         .owns(
             statefulsets,
@@ -1018,6 +1023,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 .map(|db| ObjectRef::from_obj(&*db))
                 .collect::<Vec<_>>()
         })
+        .watches(
+            ca_secret,
+            watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}")),
+            move |_| {
+                ca_changed(&ca_ctx);
+                following_ca
+                    .state()
+                    .into_iter()
+                    .map(|db| ObjectRef::from_obj(&*db))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, super::error_policy(CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))

@@ -46,8 +46,11 @@ pub struct Context {
     /// Where PodDisruptionBudgets are served (policy/v1, or policy/v1beta1 before 1.21); `None`
     /// when the cluster serves neither.
     pub disruption_budget_api: Option<kube::api::ApiResource>,
-    /// The operator's CA and when it was last read.
-    pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant)>>,
+    /// The operator's CA, when it was last read and `ca_changes` as it was then.
+    pub ca: tokio::sync::Mutex<Option<(std::sync::Arc<ca::Authority>, std::time::Instant, u64)>>,
+    /// Counts the changes the watch saw to the CA Secret: a cached CA older than the last one is
+    /// read again at once, not a minute later.
+    pub ca_changes: std::sync::atomic::AtomicU64,
     /// The superuser's client certificate and the CA that signed it; renewed when due.
     pub superuser: tokio::sync::Mutex<Option<(crate::pki::Leaf, String)>>,
     /// When each mirror (by policy UID and repository) last had a pass that went through: the
