@@ -29,12 +29,7 @@ pub enum Error {
 }
 
 fn digest<K: Serialize>(obj: &K) -> String {
-    let text = serde_json::to_string(obj).unwrap_or_default();
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::of(&[&serde_json::to_string(obj).unwrap_or_default()])
 }
 
 /// Whether `live` was made for the owner `desired` names: an owner reference with the same UID,

@@ -14,15 +14,13 @@ use serde_json::json;
 
 use crate::api::SectorDatabase;
 use crate::backup::pgbackrest::{self as backup, RESTORE_DIR};
-use crate::pgconf::{self, CONFIG_DIR, PORT, SOCKET_DIR, TLS_DIR};
+use crate::pgconf::{self, CONFIG_DIR, PORT, REPLICATION_USER, SOCKET_DIR, TLS_DIR};
 
 /// uid and gid of `postgres` in the project's PostgreSQL image (Debian's package assigns them).
 pub const POSTGRES_UID: i64 = 100;
 pub const POSTGRES_GID: i64 = 102;
 pub const DATA_DIR: &str = "/var/lib/postgresql/data";
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
-/// The role standbys stream as; its password lives in the `<db>-replication` Secret.
-pub const REPLICATION_USER: &str = "streaming_replica";
 /// Pod label the operator keeps on each instance: `primary` (ordinal 0) or `replica`.
 pub const ROLE_LABEL: &str = "sectordb.io/role";
 
@@ -140,20 +138,7 @@ pub fn config_map(db: &SectorDatabase) -> ConfigMap {
 /// A short, stable digest of the configuration files: in the pod template it makes the
 /// StatefulSet restart PostgreSQL exactly when a file changed.
 pub fn config_hash(config: &ConfigMap) -> String {
-    digest(&[&serde_json::to_string(&config.data).unwrap_or_default()])
-}
-
-/// A short hex digest of `parts` (each length-prefixed, so no two lists collide by joining).
-pub fn digest(parts: &[&str]) -> String {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in parts {
-        context.update(&(part.len() as u64).to_be_bytes());
-        context.update(part.as_bytes());
-    }
-    context.finish().as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::of(&[&serde_json::to_string(&config.data).unwrap_or_default()])
 }
 
 /// Labels that select the primary's pod.

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod controllers;
 pub mod crdgen;
 pub mod dataplane;
+pub mod digest;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -1,8 +1,9 @@
 //! postgresql.conf and pg_hba.conf, built from a SectorDatabase spec and its security level.
 
 use crate::api::database::{SectorDatabaseSpec, TlsMode};
-use crate::dataplane::REPLICATION_USER;
 
+/// The role standbys stream as; its password lives in the `<db>-replication` Secret.
+pub const REPLICATION_USER: &str = "streaming_replica";
 /// The group every DataSharingConnection's role belongs to; pg_hba.conf admits its members to the
 /// application database only.
 pub const SHARING_GROUP: &str = "sectordb_sharing";

@@ -206,7 +206,7 @@ async fn the_replication_role_streams_only_and_takes_a_new_password_from_its_sec
     install_crypto();
     let pg = Postgres::start(&spec(3, "Required"));
     let su = pg.superuser().await;
-    let role = sectordb::dataplane::REPLICATION_USER;
+    let role = sectordb::pgconf::REPLICATION_USER;
     sql::ensure_role(&su, role, "LOGIN REPLICATION", "replication-pw-one")
         .await
         .unwrap();

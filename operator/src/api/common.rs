@@ -1,10 +1,7 @@
-//! Types shared by the three resources.
+//! Types shared by the four resources.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-/// The API group of every sectordb resource.
-pub const GROUP: &str = "sectordb.io";
 
 /// Agency identifier codes (mã định danh, QCVN 102:2016): dot-separated groups of digits and
 /// capital letters, such as `000.00.12.H53`.

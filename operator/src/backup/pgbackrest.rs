@@ -152,7 +152,7 @@ pub fn config(
 /// The files of the per-database backup Secret: the configuration, the repository's CA and the
 /// digest of both.
 pub fn secret_files(config: &str, ca_pem: Option<&str>) -> Vec<(&'static str, String)> {
-    let digest = crate::dataplane::digest(&[config, ca_pem.unwrap_or("")]);
+    let digest = crate::digest::of(&[config, ca_pem.unwrap_or("")]);
     let mut files = vec![("pgbackrest.conf", config.to_string()), ("digest", digest)];
     if let Some(ca) = ca_pem {
         files.push(("repo1-ca.crt", ca.to_string()));

@@ -13,13 +13,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::names::AGENCY as CONTROLLER;
 use super::{Context, Result, announce, now, report_undecodable, write_status};
 use crate::api::agency::AgencyStatus;
 use crate::api::{Agency, SectorDatabase};
 use crate::conditions::{Want, settle};
 use crate::tenancy;
-
-pub const CONTROLLER: &str = "agency";
 
 /// The status an Agency should have, given the whole register and the databases' namespaces.
 /// Pure.

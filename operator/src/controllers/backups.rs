@@ -12,8 +12,8 @@ use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::database::CONTROLLER as CONTROLLER_DATABASE;
 use super::drills::{self, Drill};
+use super::names::DATABASE as CONTROLLER;
 use super::{Context, Result, apply_child, secret_value};
 use crate::api::database::{BackupRecord, BackupState};
 use crate::api::policy::{
@@ -222,7 +222,7 @@ pub async fn prepare(
     }
     let Some(policy) = policies.pop() else {
         if crate::apply::delete_owned(&own, &n.backup, &db.uid().unwrap_or_default()).await? {
-            ctx.metrics.write(CONTROLLER_DATABASE, "Secret");
+            ctx.metrics.write(CONTROLLER, "Secret");
         }
         return Ok(Err(not_backed_up(
             "NoPolicy",
@@ -261,7 +261,7 @@ pub async fn prepare(
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
     apply_child(
         ctx,
-        CONTROLLER_DATABASE,
+        CONTROLLER,
         &own,
         dataplane::opaque_secret(db, &n.backup, &borrowed),
     )
@@ -294,7 +294,7 @@ async fn record_stanza(ctx: &Context, db: &SectorDatabase, stanza: &str) -> Resu
         )
         .await?;
     }
-    ctx.metrics.write(CONTROLLER_DATABASE, "ConfigMap");
+    ctx.metrics.write(CONTROLLER, "ConfigMap");
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::ca::{operator_ca, superuser_certificate};
+use super::names::CONNECTION as CONTROLLER;
 use super::{
     Context, Error, Result, announce, apply_child, event, now, secret_value, write_status,
 };
@@ -31,7 +32,6 @@ use crate::pgconf::{PORT, TLS_DIR};
 use crate::sharing_sql::{self, GrantedTable};
 use crate::{dataplane, pki, replication_sql, sharing, sql, tenancy, validate};
 
-pub const CONTROLLER: &str = "connection";
 const FINALIZER: &str = "sectordb.io/connection";
 
 /// What the controller read about the objects a connection names.

@@ -25,6 +25,7 @@ use super::ca::{
     Authority, CA_SECRET, ISSUER_ANNOTATION, NOT_AFTER_ANNOTATION, ca_changed, operator_ca,
     stored_leaf, superuser_certificate,
 };
+use super::names::DATABASE as CONTROLLER;
 use super::{Context, Result, announce, apply_child, event, now, write_status};
 use super::{backups, restore, secret_value, selection};
 use crate::api::database::{
@@ -34,12 +35,11 @@ use crate::api::database::{
 use crate::api::{Agency, BackupPolicy, SectorDatabase};
 use crate::conditions::{Want, settle};
 use crate::dataplane::{self, Names};
-use crate::pgconf::PORT;
+use crate::pgconf::{self, PORT};
 use crate::pki;
 use crate::profile::{Observed, SecurityProfile};
 use crate::{quantity, sql, tenancy, validate};
 
-pub const CONTROLLER: &str = "database";
 const FINALIZER: &str = "sectordb.io/database";
 const SANS_ANNOTATION: &str = "sectordb.io/certificate-names";
 /// Extra attempts to reach PostgreSQL, 500 ms apart, before a reconcile reports it unreachable.
@@ -457,7 +457,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
     if restoring && pods_ready > 0 {
         let roles = [
             (db.spec.database.owner.as_str(), owner_password.as_str()),
-            (dataplane::REPLICATION_USER, replication_password.as_str()),
+            (pgconf::REPLICATION_USER, replication_password.as_str()),
         ];
         match restore::adopt(ctx, db, &roles, &now()).await? {
             Ok(state) => restored = Some(state),
@@ -623,7 +623,7 @@ async fn configure_postgres(
     };
     sql::ensure_role(
         &client,
-        dataplane::REPLICATION_USER,
+        pgconf::REPLICATION_USER,
         "LOGIN REPLICATION",
         replication_password,
     )
@@ -635,7 +635,7 @@ async fn configure_postgres(
     // A standby that does not stream may hold a password from an earlier Secret (a database
     // re-created on retained volumes keeps its roles): make the role match the Secret again.
     if observed.streaming_standbys < db.spec.instances - 1 {
-        sql::set_password(&client, dataplane::REPLICATION_USER, replication_password).await?;
+        sql::set_password(&client, pgconf::REPLICATION_USER, replication_password).await?;
     }
     Ok(observed)
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
-use super::database::CONTROLLER;
+use super::names::DATABASE as CONTROLLER;
 use super::{Context, Result, apply_child, now};
 use crate::api::SectorDatabase;
 use crate::api::database::DrillRecord;

@@ -1,5 +1,5 @@
-//! The three controllers and what they share: the context, the error type, status writes and
-//! Events.
+//! The four controllers and what they share: their names, the context, the error type, status
+//! writes and Events.
 
 pub mod agency;
 pub mod backups;
@@ -30,6 +30,16 @@ use serde_json::json;
 use crate::conditions::{Want, settle};
 use crate::metrics::Metrics;
 use crate::profile::SecurityProfile;
+
+/// Each controller's name: its field manager, the reporter of its Events and its metric label.
+/// Kept here rather than in each controller because the database controller's steps (backups,
+/// drills, restores) live in files of their own and name it too.
+pub mod names {
+    pub const AGENCY: &str = "agency";
+    pub const CONNECTION: &str = "connection";
+    pub const DATABASE: &str = "database";
+    pub const POLICY: &str = "policy";
+}
 
 /// What every reconcile gets.
 pub struct Context {

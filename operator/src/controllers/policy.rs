@@ -18,6 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::names::POLICY as CONTROLLER;
 use super::selection::selects;
 use super::{Context, Result, announce, backups, now, report_undecodable, write_status};
 use crate::api::policy::{BackupPolicyStatus, MirrorStatus, Repository, VerificationResult};
@@ -25,8 +26,6 @@ use crate::api::{BackupPolicy, SectorDatabase};
 use crate::backup::{mirror, schedule};
 use crate::conditions::{Want, settle, status_of};
 use crate::validate;
-
-pub const CONTROLLER: &str = "policy";
 
 /// What the controller read about the databases and Secrets a policy names.
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, ResourceExt};
 
 use super::backups::{self, repository_config};
-use super::database::CONTROLLER;
+use super::names::DATABASE as CONTROLLER;
 use super::{Context, Result, apply_child, secret_value};
 use crate::api::common::NamespacedName;
 use crate::api::database::RestoreState;
