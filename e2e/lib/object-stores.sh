@@ -1,5 +1,8 @@
-# Sourced by e2e/cluster (uses its helpers: log, die, start_proc, stop_pid, proc_alive, pid_alive,
-# wait_for, kc, all_running, gen_ca, gen_cert, COMPONENT_ENV, STATE, CACHE, NODE_IP).
+# shellcheck shell=bash
+# Sourced by e2e/cluster and e2e/object-stores-check. Uses lib/common.sh (log, die, start_proc,
+# stop_pid, proc_alive, pid_alive, wait_for, kc), lib/pki.sh (gen_ca, gen_cert), e2e/cluster's
+# all_running (its cmd_ functions only) and COMPONENT_ENV, STATE, CACHE, NODE_IP; sourcing it sets
+# the variables below from STATE and CACHE and runs nothing else.
 #
 # object stores: one S3 server per data center for backup tests. Garage (a production S3 store,
 # built from crates.io; data on disk under $STATE, so it survives a restart) serves plain HTTP on
