@@ -2,11 +2,11 @@
 # The helpers every part of the harness uses, sourced by e2e/cluster and e2e/object-stores-check:
 # messages (log, die, need_root), node names (node_valid, node_ns, node_veth, node_dir,
 # node_sock), waiting (wait_for), starting, watching and stopping processes (start_proc,
-# start_on, in_node, proc_alive, pid_alive, stop_pid) and talking to the cluster (kubectl_bin, kc,
-# ctr_on, api_curl, api_ready). Function definitions only: sourcing it runs nothing and reads no
-# variable. Called, they expect what e2e/cluster defines, as far as each needs it: STATE (with
-# logs/ and pids/ in it), COMPONENT_ENV, NODES, NODE_ADDR, HOST_IP, and KUBE_BIN or
-# $STATE/kube-bin.
+# start_on, in_node, proc_alive, pid_alive, stop_pid), talking to the cluster (kubectl_bin, kc,
+# ctr_on, api_curl, api_ready) and filling in e2e/templates (render). Function definitions only:
+# sourcing it runs nothing and reads no variable. Called, they expect what e2e/cluster defines,
+# as far as each needs it: HERE, STATE (with logs/ and pids/ in it), COMPONENT_ENV, NODES,
+# NODE_ADDR, HOST_IP, and KUBE_BIN or $STATE/kube-bin.
 
 log() { printf '%s cluster: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -75,4 +75,17 @@ stop_pid() { # NAME PID
   kill -KILL "$pid" 2>/dev/null || true
   for i in $(seq 1 50); do proc_alive "$pid" || return 0; sleep 0.1; done
   log "WARNING: $name ($pid) still alive"
+}
+
+# render TEMPLATE NAME=VALUE...: e2e/templates/TEMPLATE on stdout, each ${NAME} in it replaced by
+# its VALUE and nothing else touched (envsubst, told the names). The values reach envsubst in its
+# environment, never on a command line (kubeconfigs carry private keys). A ${NAME} in the
+# template that is not given is an error, not left in the file.
+render() {
+  local tpl="$HERE/templates/$1" names=() a; shift
+  for a in "$@"; do names+=("\${${a%%=*}}"); done
+  local unknown
+  unknown="$(grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' "$tpl" | sort -u | grep -vxF -e "" "${names[@]/#/-e}" || true)"
+  [ -z "$unknown" ] || die "template $tpl uses ${unknown//$'\n'/ }, which render was not given"
+  ( for a in "$@"; do export "${a?}"; done; envsubst "${names[*]}" <"$tpl" )
 }

@@ -2,9 +2,10 @@
 # Sourced by e2e/cluster and e2e/object-stores-check: certificates, every one with v3 extensions
 # (rustls rejects v1 certificates), and the kubeconfigs that carry them. gen_ca and gen_cert
 # issue one CA or one certificate into $STATE/pki (which must exist); make_pki issues all the
-# cluster's; kubeconfig_for writes $STATE/NAME.kubeconfig. Expects lib/common.sh (log) and STATE,
-# and for make_pki and kubeconfig_for NODES, NODE_ADDR, HOST_IP and SVC_APISERVER_IP. Function
-# definitions only: sourcing it runs nothing and reads no variable.
+# cluster's; kubeconfig_for writes $STATE/NAME.kubeconfig from e2e/templates/kubeconfig.yaml.
+# Expects lib/common.sh (log; render for kubeconfig_for) and STATE, and for make_pki and
+# kubeconfig_for NODES, NODE_ADDR, HOST_IP and SVC_APISERVER_IP. Function definitions only:
+# sourcing it runs nothing and reads no variable.
 
 gen_ca() { # NAME CN
   local d="$STATE/pki"
@@ -59,25 +60,7 @@ make_pki() {
 
 kubeconfig_for() { # NAME CERTNAME
   local d="$STATE/pki" f="$STATE/$1.kubeconfig"
-  cat >"$f" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: sectordb
-  cluster:
-    server: https://$HOST_IP:6443
-    certificate-authority-data: $(base64 -w0 "$d/ca.crt")
-users:
-- name: $1
-  user:
-    client-certificate-data: $(base64 -w0 "$d/$2.crt")
-    client-key-data: $(base64 -w0 "$d/$2.key")
-contexts:
-- name: sectordb
-  context:
-    cluster: sectordb
-    user: $1
-current-context: sectordb
-EOF
+  render kubeconfig.yaml HOST_IP="$HOST_IP" NAME="$1" CA_DATA="$(base64 -w0 "$d/ca.crt")" \
+    CERT_DATA="$(base64 -w0 "$d/$2.crt")" KEY_DATA="$(base64 -w0 "$d/$2.key")" >"$f"
   chmod 0600 "$f"
 }
