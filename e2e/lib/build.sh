@@ -53,6 +53,7 @@ ensure_packages() {
 
 # Sets KUBE_BIN, ETCD_BIN, COREDNS_BIN, ROUTER_BIN, LPP_BIN (building what is missing) and
 # PAUSE_BIN.
+# shellcheck disable=SC2034 # the *_BIN variables are for e2e/cluster and lib/images.sh
 ensure_binaries() {
   local b="$HERE/build-kubernetes"
   KUBE_BIN="$("$b" kubernetes "$K8S_VERSION")" || die "building Kubernetes failed"

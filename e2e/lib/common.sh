@@ -63,17 +63,17 @@ api_curl() {
 api_ready() { [ "$(api_curl /readyz 2>/dev/null)" = ok ]; }
 
 stop_pid() { # NAME PID
-  local name="$1" pid="$2" i t0
+  local name="$1" pid="$2" t0
   proc_alive "$pid" || return 0
   t0=$(date +%s%N)
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     proc_alive "$pid" || { log "stopped $name ($(( ($(date +%s%N) - t0) / 1000000 ))ms)"; return 0; }
     sleep 0.1
   done
   log "$name ($pid) did not stop in 10s; killing"
   kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do proc_alive "$pid" || return 0; sleep 0.1; done
+  for _ in $(seq 1 50); do proc_alive "$pid" || return 0; sleep 0.1; done
   log "WARNING: $name ($pid) still alive"
 }
 
@@ -85,6 +85,7 @@ render() {
   local tpl="$HERE/templates/$1" names=() a; shift
   for a in "$@"; do names+=("\${${a%%=*}}"); done
   local unknown
+  # shellcheck disable=SC2016 # the pattern is the literal text ${NAME}
   unknown="$(grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' "$tpl" | sort -u | grep -vxF -e "" "${names[@]/#/-e}" || true)"
   [ -z "$unknown" ] || die "template $tpl uses ${unknown//$'\n'/ }, which render was not given"
   ( for a in "$@"; do export "${a?}"; done; envsubst "${names[*]}" <"$tpl" )

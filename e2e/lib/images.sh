@@ -65,7 +65,7 @@ import_on() { # NODE TAR NAME:TAG
 binary_tar() {
   local ref="$1" bin="$2" entry="$3" user="$4"
   local dir="$CACHE/images" key; key="$(sha256sum "$bin" | cut -c1-12)"
-  local tar="$dir/$(echo "${ref#local/}" | tr '/:' '__')-$key.tar"
+  local tar; tar="$dir/$(echo "${ref#local/}" | tr '/:' '__')-$key.tar"
   mkdir -p "$dir"
   if [ ! -f "$tar" ] || [ ! -f "$tar.id" ]; then
     local r; r="$(mktemp -d "$dir/.rootfs.XXXXXX")"
@@ -112,11 +112,11 @@ debootstrap_rootfs() { # DIR INCLUDES
 
 trim_rootfs() { # DIR
   local r="$1"
-  rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old "$r"/var/log/* \
+  rm -rf "${r:?}"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old "$r"/var/log/* \
     "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/usr/share/lintian \
     "$r"/usr/share/locale/* "$r"/tmp/* "$r"/var/tmp/*
   find "$r/usr/lib/locale" -mindepth 1 -maxdepth 1 ! -name C.utf8 -exec rm -rf {} + 2>/dev/null || true
-  rm -rf "$r"/dev/* "$r"/proc/* "$r"/sys/* "$r"/run/*
+  rm -rf "${r:?}"/dev/* "$r"/proc/* "$r"/sys/* "$r"/run/*
   chmod 1777 "$r/tmp"
 }
 
@@ -190,7 +190,8 @@ operator_image() { # BINARY
       "$OPERATOR_IMAGE" "docker.io/$OPERATOR_IMAGE"
     rm -rf "$r"
     # Keep only the newest few operator images in the cache.
-    ls -1t "$dir"/sectordb-operator-dev-*.tar 2>/dev/null | tail -n +4 | while read -r old; do rm -f "$old" "$old.id"; done
+    find "$dir" -maxdepth 1 -name 'sectordb-operator-dev-*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +4 \
+      | cut -d' ' -f2- | while read -r old; do rm -f "$old" "$old.id"; done
     log "built $OPERATOR_IMAGE in $(( $(date +%s) - t0 ))s ($(du -h "$tar" | cut -f1))"
   fi
   import_image "$tar" "$OPERATOR_IMAGE"

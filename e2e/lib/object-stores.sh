@@ -80,8 +80,8 @@ ensure_garage() {
   flock 8
   if [ -x "$GARAGE" ] && [ -f "$GARAGE_ROOT/.complete" ]; then exec 8>&-; return 0; fi
   while busy="$(os_other_builds)" && [ -n "$busy" ]; do
-    [ "$waited" -ge "$GARAGE_BUILD_WAIT" ] && { log "WARNING: still another build ($(echo $busy)); building Garage anyway"; break; }
-    [ $((waited % 300)) = 0 ] && log "waiting for another build to end before building Garage (PIDs $(echo $busy))"
+    [ "$waited" -ge "$GARAGE_BUILD_WAIT" ] && { log "WARNING: still another build (${busy//$'\n'/ }); building Garage anyway"; break; }
+    [ $((waited % 300)) = 0 ] && log "waiting for another build to end before building Garage (PIDs ${busy//$'\n'/ })"
     sleep 30; waited=$((waited + 30))
   done
   # Other versions' and recipes' builds are of no use any more.
@@ -219,8 +219,9 @@ ensure_garage_running() { # NAME
 # once per data directory (the file `ready` records the key it was done for).
 garage_ready() { # NAME
   local n="$1" g="$OS_DIR/$1/garage" id key
-  wait_for 30 "Garage of $n on 127.0.0.1:${OS_S3_PORT[$n]}" garage_up "$n" && pid_alive "garage-$n" \
-    || { tail -20 "$STATE/logs/garage-$n.log" >&2; die "Garage of $n did not start (log: $STATE/logs/garage-$n.log)"; }
+  if ! wait_for 30 "Garage of $n on 127.0.0.1:${OS_S3_PORT[$n]}" garage_up "$n" || ! pid_alive "garage-$n"; then
+    tail -20 "$STATE/logs/garage-$n.log" >&2; die "Garage of $n did not start (log: $STATE/logs/garage-$n.log)"
+  fi
   key="$(os_key "$n" AWS_ACCESS_KEY_ID)"
   [ "$(cat "$g/ready" 2>/dev/null)" = "$key" ] && return 0
   if [ "$(garage_cli "$n" json-api GetClusterLayout \
