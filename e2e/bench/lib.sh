@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the benchmarks: what every one of them needs from the cluster.
 
 # agency_namespace NAMESPACE [CODE]: the namespace and the Agency (same name) that owns it, as
@@ -43,6 +44,7 @@ superuser_conninfo() {
 
 # field ROLE KEY: a value of the harness's data center ROLE, from the JSON lines in $stores
 # (what `e2e/cluster object-stores` printed).
+# shellcheck disable=SC2154 # stores: set by the benchmark that sources this file
 field() {
   python3 -c "import json,sys
 for l in sys.argv[1].splitlines():
