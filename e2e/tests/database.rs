@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sectordb::api::SectorDatabase;
@@ -180,6 +181,78 @@ async fn a_deleted_pod_comes_back_with_its_data_and_status_recovers() -> Result<
     })
     .await?;
     assert_eq!(row, "before");
+    ns.delete().await
+}
+
+/// A tenant controls its namespace: an edit to a child that keeps the operator's digest
+/// annotation, and a deleted child, are both put back within seconds (a Ready database is
+/// otherwise looked at once a minute).
+#[tokio::test]
+async fn an_edited_or_deleted_child_is_put_back_at_once() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "drift").await?;
+    create_ready(&client, &ns.name, "kept", 2).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let rules = |p: &NetworkPolicy| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.ingress.as_ref())
+            .map_or(0, Vec::len)
+    };
+    let before = policies.get("kept").await?;
+    assert_eq!(rules(&before), 1);
+    // An ingress rule admitting everyone, added by merge patch: annotations stay as they were.
+    let mut widened = before.spec.clone().context("no spec")?;
+    widened
+        .ingress
+        .get_or_insert_default()
+        .push(Default::default());
+    policies
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": widened})),
+        )
+        .await?;
+    let after = policies.get("kept").await?;
+    assert_eq!(rules(&after), 2, "the tenant's edit did not land");
+    assert_eq!(
+        after.annotations().get("sectordb.io/applied-digest"),
+        before.annotations().get("sectordb.io/applied-digest")
+    );
+    poll(
+        Duration::from_secs(10),
+        "the widened policy put back",
+        || async {
+            let live = policies.get("kept").await.ok()?;
+            (rules(&live) == 1).then_some(())
+        },
+    )
+    .await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let old = secrets.get("kept-app").await?.uid();
+    secrets.delete("kept-app", &DeleteParams::default()).await?;
+    let app = poll(
+        Duration::from_secs(10),
+        "the app Secret made again",
+        || async {
+            secrets
+                .get_opt("kept-app")
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.uid() != old)
+        },
+    )
+    .await?;
+    // The new Secret is the working one: its password is the role's.
+    poll(
+        Duration::from_secs(30),
+        "a login with the new Secret",
+        || async { connect_with(&app).await.ok().map(drop) },
+    )
+    .await?;
     ns.delete().await
 }
 

@@ -85,6 +85,44 @@ async fn a_consumer_reads_the_granted_columns_and_nothing_else() -> Result<()> {
             .find(|e| e.reason.as_deref() == Some("Granted"))
     })
     .await?;
+
+    // The consumer deletes the delivered Secret: it is delivered again at once, and works.
+    let secrets: Api<Secret> = Api::namespaced(
+        client.clone(),
+        secret
+            .metadata
+            .namespace
+            .as_deref()
+            .context("no namespace")?,
+    );
+    let name = secret.metadata.name.clone().context("no name")?;
+    secrets.delete(&name, &DeleteParams::default()).await?;
+    let again = poll(
+        Duration::from_secs(10),
+        "the Secret delivered again",
+        || async {
+            secrets
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.metadata.uid != secret.metadata.uid)
+        },
+    )
+    .await?;
+    let rows = poll(
+        Duration::from_secs(30),
+        "a read with the new Secret",
+        || async {
+            let session = connect_with(&again).await.ok()?;
+            session
+                .query("SELECT id FROM vaccination_records", &[])
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    assert_eq!(rows.len(), 1);
     a.delete().await
 }
 

@@ -1,8 +1,11 @@
 //! Server-side apply of child objects, skipped when the object already carries the digest of
-//! exactly what would be sent, so a steady state makes no writes. A name already taken by an
-//! object the operator did not create for this owner is never overwritten.
+//! exactly what would be sent and still holds every field of it, so a steady state makes no
+//! writes and an edit (even one that keeps the digest annotation) is put back. A name already
+//! taken by an object the operator did not create for this owner is never overwritten.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Mutex;
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -78,9 +81,74 @@ where
     Ok(owned)
 }
 
-/// Applies `desired` unless the live object was applied from the same desired state.
-/// Returns the live object and whether a write happened.
-pub async fn apply<K>(api: &Api<K>, manager: &str, mut desired: K) -> Result<(K, bool), Error>
+/// Whether `live` holds every field `desired` sets, with the same value: objects may carry more
+/// keys (the apiserver's defaults), lists must have the same length and items (an added
+/// NetworkPolicy rule is an edit, not a default). The digest annotation alone proves nothing:
+/// whoever edits a child in the namespace can keep it.
+pub fn covers(desired: &serde_json::Value, live: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => want
+            .iter()
+            .all(|(key, value)| value.is_null() || have.get(key).is_some_and(|h| covers(value, h))),
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| covers(w, h))
+        }
+        _ => desired == live,
+    }
+}
+
+/// The parts of an object the operator decides: all but the metadata the apiserver manages.
+fn decided<K: Serialize>(obj: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("status");
+        if let Some(meta) = fields.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.retain(|key, _| matches!(key.as_str(), "labels" | "ownerReferences"));
+        }
+    }
+    value
+}
+
+/// The resourceVersion of each child as the operator last wrote or checked it, by kind,
+/// namespace and name: an object nobody changed since is not compared again. Without it, a field
+/// the apiserver stores in another form than it was sent (a quantity, say) would be re-applied
+/// on every reconcile.
+#[derive(Default)]
+pub struct Checked(Mutex<HashMap<String, String>>);
+
+impl Checked {
+    fn key<K: Resource + Serialize>(obj: &K) -> String {
+        format!(
+            "{}/{}/{}",
+            kind_of(obj),
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        )
+    }
+
+    fn holds<K: Resource + Serialize>(&self, live: &K) -> bool {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        live.resource_version().is_some()
+            && seen.get(&Self::key(live)) == live.resource_version().as_ref()
+    }
+
+    fn record<K: Resource + Serialize>(&self, live: &K) {
+        if let Some(version) = live.resource_version() {
+            let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            seen.insert(Self::key(live), version);
+        }
+    }
+}
+
+/// Applies `desired` unless the live object was applied from the same desired state and still
+/// holds it. Returns the live object and whether a write happened.
+pub async fn apply<K>(
+    api: &Api<K>,
+    manager: &str,
+    checked: &Checked,
+    mut desired: K,
+) -> Result<(K, bool), Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
@@ -93,7 +161,10 @@ where
                 name,
             });
         }
-        if live.annotations().get(DIGEST_ANNOTATION) == Some(&want) {
+        if live.annotations().get(DIGEST_ANNOTATION) == Some(&want)
+            && (checked.holds(&live) || covers(&decided(&desired), &decided(&live)))
+        {
+            checked.record(&live);
             return Ok((live, false));
         }
     }
@@ -107,6 +178,7 @@ where
             &Patch::Apply(&desired),
         )
         .await?;
+    checked.record(&live);
     Ok((live, true))
 }
 
@@ -136,6 +208,47 @@ mod tests {
         let same_labels =
             secret(serde_json::json!({"name": "s", "labels": {"app.kubernetes.io/instance": "d"}}));
         assert!(!same_owner(&same_labels, &desired));
+    }
+
+    #[test]
+    fn an_edit_that_keeps_the_digest_is_seen_but_defaults_are_not() {
+        let desired = serde_json::json!({"spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 5432}]}],
+            "policyTypes": ["Ingress"], "unset": null}});
+        let mut live = desired.clone();
+        live["spec"]["ingress"][0]["ports"][0]["protocol"] = "TCP".into();
+        live["spec"].as_object_mut().unwrap().remove("unset");
+        assert!(
+            covers(&desired, &live),
+            "defaults and unset fields are no drift"
+        );
+        let mut widened = live.clone();
+        widened["spec"]["ingress"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({}));
+        assert!(!covers(&desired, &widened), "an added rule is drift");
+        let mut changed = live.clone();
+        changed["spec"]["podSelector"]["matchLabels"]["app"] = "other".into();
+        assert!(!covers(&desired, &changed));
+        let mut removed = live;
+        removed["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("policyTypes");
+        assert!(!covers(&desired, &removed));
+    }
+
+    #[test]
+    fn only_what_the_operator_decides_is_compared() {
+        let obj = secret(serde_json::json!({"name": "s", "resourceVersion": "7",
+            "annotations": {DIGEST_ANNOTATION: "x"}, "labels": {"a": "b"}}));
+        let decided = decided(&obj);
+        assert_eq!(
+            decided["metadata"],
+            serde_json::json!({"labels": {"a": "b"}})
+        );
     }
 
     #[test]

@@ -215,6 +215,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mirror_passes: Default::default(),
         namespace_labels: Default::default(),
         installed: Default::default(),
+        checked: Default::default(),
     });
     tokio::join!(
         controllers::database::run(ctx.clone(), stopped()),

@@ -188,7 +188,7 @@ def check_operator_rbac(docs, namespace, dep):
             ("", "persistentvolumeclaims"): {"get", "list", "patch", "delete"},
             ("", "pods"): {"get", "list", "patch", "create", "delete"},
             ("", "pods/exec"): {"get", "create"},
-            ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+            ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
         }
         expected[("sectordb.io", "agencies")] = READ
         expected[("sectordb.io", "agencies/status")] = {"get", "patch"}

@@ -700,12 +700,42 @@ async fn going(ctx: &Context, db: &SectorDatabase) -> Result<bool> {
 }
 
 /// The audit line for a grant or a revocation: a log record a SOC can correlate by UID.
-fn audit(
+/// A change of who may read what: the audit log's action and the Event's reason.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    Granted,
+    /// The connection stopped qualifying (expired, suspended, the dataset withdrawn...).
+    Revoked,
+    /// The platform authority deleted the connection.
+    Deleted,
+}
+
+impl Access {
+    fn action(self) -> &'static str {
+        match self {
+            Access::Granted => "grant",
+            Access::Revoked | Access::Deleted => "revoke",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Access::Granted => "Granted",
+            Access::Revoked | Access::Deleted => "Revoked",
+        }
+    }
+}
+
+/// Writes the audit line and publishes the Event of a grant or a revocation; a revocation the
+/// authority did not ask for is a Warning, so it stands out in `kubectl get events`.
+async fn record(
+    ctx: &Context,
     conn: &DataSharingConnection,
     provider: Option<&SectorDatabase>,
-    action: &str,
-    detail: &str,
+    access: Access,
+    detail: String,
 ) {
+    let action = access.action();
     tracing::info!(
         audit = action,
         connection_uid = %conn.uid().unwrap_or_default(),
@@ -720,6 +750,14 @@ fn audit(
         detail,
         "data sharing {action}"
     );
+    event(
+        ctx,
+        conn,
+        access == Access::Revoked,
+        access.reason(),
+        detail,
+    )
+    .await;
 }
 
 async fn read_provider(
@@ -776,13 +814,13 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
     if status.granted_objects != previous.granted_objects
         || status.revoked_at != previous.revoked_at
     {
-        let (action, detail) = match &outcome {
+        let (access, detail) = match &outcome {
             Outcome::Granted { role, .. } => (
-                "grant",
+                Access::Granted,
                 format!("role {role}: {}", status.granted_objects.join(", ")),
             ),
             _ => (
-                "revoke",
+                Access::Revoked,
                 status
                     .conditions
                     .first()
@@ -790,14 +828,8 @@ async fn apply_connection(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -
                     .unwrap_or_default(),
             ),
         };
-        if action == "grant" || was_granted {
-            audit(&conn, provider.as_ref(), action, &detail);
-            let reason = if action == "grant" {
-                "Granted"
-            } else {
-                "Revoked"
-            };
-            event(ctx, &*conn, action != "grant", reason, detail).await;
+        if access == Access::Granted || was_granted {
+            record(ctx, &conn, provider.as_ref(), access, detail).await;
         }
     }
     write_status(ctx, CONTROLLER, &api, &conn, &status).await?;
@@ -811,17 +843,11 @@ async fn cleanup(conn: Arc<DataSharingConnection>, ctx: Arc<Context>) -> Result<
     let ctx = &*ctx;
     let provider = read_provider(ctx, &conn).await?;
     revoke_access(ctx, &conn, provider.as_ref()).await?;
-    audit(
+    record(
+        ctx,
         &conn,
         provider.as_ref(),
-        "revoke",
-        "the connection was deleted",
-    );
-    event(
-        ctx,
-        &*conn,
-        false,
-        "Revoked",
+        Access::Deleted,
         "the connection was deleted: access revoked".into(),
     )
     .await;
@@ -851,7 +877,30 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // A database's change (declared datasets, readiness) re-evaluates every connection that
     // reads from it or replicates into it.
     let databases: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
+    // What a connection writes is watched, so a deleted or edited one is put back at once: the
+    // path into the provider's namespace (owned), and the Secret in the consumer's namespace,
+    // where no owner reference can point (found by the connection's UID in its label).
+    let policies: Api<NetworkPolicy> = Api::all(ctx.client.clone());
+    let delivered: Api<Secret> = Api::all(ctx.client.clone());
+    let by_uid = controller.store();
     controller
+        .owns(
+            policies,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=sectordb-operator"),
+        )
+        .watches(
+            delivered,
+            watcher::Config::default().labels(sharing::CONNECTION_UID_LABEL),
+            move |secret| {
+                let uid = secret.labels().get(sharing::CONNECTION_UID_LABEL).cloned();
+                by_uid
+                    .state()
+                    .into_iter()
+                    .filter(|c| uid.is_some() && c.uid() == uid)
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches(databases, watcher::Config::default(), move |db| {
             let at = (db.namespace().unwrap_or_default(), db.name_any());
             connections

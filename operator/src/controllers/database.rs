@@ -434,6 +434,7 @@ async fn provision(db: &SectorDatabase, ctx: &Context) -> Result<Provisioned> {
         let (_, wrote) = crate::apply::apply(
             &budgets,
             &super::field_manager(CONTROLLER),
+            &ctx.checked,
             dataplane::disruption_budget(db, api),
         )
         .await?;
@@ -960,6 +961,9 @@ async fn reconcile(
     .await
 }
 
+/// What every child of a database carries (`dataplane::labels`).
+const CHILD_LABEL: &str = "app.kubernetes.io/managed-by=sectordb-operator";
+
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<DeserializeGuard<SectorDatabase>> = Api::all(ctx.client.clone());
     let statefulsets: Api<StatefulSet> = Api::all(ctx.client.clone());
@@ -980,11 +984,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let ca_secret: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let following_ca = controller.store();
     let ca_ctx = ctx.clone();
+    // Every child is watched, so one deleted or edited is put back at once, not at the next
+    // resync. Only the operator's own children: the label narrows the watch, the owner
+    // reference (which `owns` follows) decides.
+    let children = || watcher::Config::default().labels(CHILD_LABEL);
+    let client = &ctx.client;
+    let controller = match &ctx.disruption_budget_api {
+        Some(api) => {
+            let budgets: Api<DynamicObject> = Api::all_with(client.clone(), api);
+            controller.owns_with(budgets, api.clone(), children())
+        }
+        None => controller,
+    };
     controller
-        .owns(
-            statefulsets,
-            watcher::Config::default().labels("app.kubernetes.io/name=sectordb-postgres"),
-        )
+        .owns(statefulsets, children())
+        .owns(Api::<Service>::all(client.clone()), children())
+        .owns(Api::<ConfigMap>::all(client.clone()), children())
+        .owns(Api::<Secret>::all(client.clone()), children())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), children())
         .watches(policies, watcher::Config::default(), move |policy| {
             let policy = policy.0.ok();
             databases

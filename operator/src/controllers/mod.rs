@@ -76,6 +76,8 @@ pub struct Context {
     pub installed: std::sync::Mutex<
         std::collections::HashMap<String, std::collections::HashMap<String, String>>,
     >,
+    /// The children as the operator last wrote or checked them (see `apply`).
+    pub checked: crate::apply::Checked,
 }
 
 impl Context {
@@ -266,7 +268,8 @@ pub async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
-    let (live, wrote) = crate::apply::apply(api, &field_manager(controller), desired).await?;
+    let (live, wrote) =
+        crate::apply::apply(api, &field_manager(controller), &ctx.checked, desired).await?;
     if wrote {
         ctx.metrics.write(controller, &K::kind(&()));
     }
