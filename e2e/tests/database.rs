@@ -221,7 +221,7 @@ async fn an_edited_or_deleted_child_is_put_back_at_once() -> Result<()> {
         before.annotations().get("sectordb.io/applied-digest")
     );
     poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the widened policy put back",
         || async {
             let live = policies.get("kept").await.ok()?;
@@ -234,7 +234,7 @@ async fn an_edited_or_deleted_child_is_put_back_at_once() -> Result<()> {
     let old = secrets.get("kept-app").await?.uid();
     secrets.delete("kept-app", &DeleteParams::default()).await?;
     let app = poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the app Secret made again",
         || async {
             secrets

@@ -98,7 +98,7 @@ async fn a_consumer_reads_the_granted_columns_and_nothing_else() -> Result<()> {
     let name = secret.metadata.name.clone().context("no name")?;
     secrets.delete(&name, &DeleteParams::default()).await?;
     let again = poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the Secret delivered again",
         || async {
             secrets

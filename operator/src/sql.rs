@@ -136,6 +136,63 @@ pub async fn set_password(
     Ok(())
 }
 
+/// Whether the SCRAM-SHA-256 verifier PostgreSQL stored for a role (`pg_authid.rolpassword`)
+/// accepts `password`: the check a login would make, done here so that the clear password never
+/// reaches the server. Anything that is not such a verifier accepts nothing.
+pub fn scram_accepts(verifier: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    use ring::{digest, hmac, pbkdf2};
+    let parts = verifier
+        .strip_prefix("SCRAM-SHA-256$")
+        .and_then(|rest| rest.split_once('$'))
+        .and_then(|(params, keys)| Some((params.split_once(':')?, keys.split_once(':')?)));
+    let Some(((iterations, salt), (stored_key, _))) = parts else {
+        return false;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(iterations), Ok(salt), Ok(stored_key)) = (
+        iterations.parse::<std::num::NonZeroU32>(),
+        b64.decode(salt),
+        b64.decode(stored_key),
+    ) else {
+        return false;
+    };
+    // As the server does: SASLprep the password, or take it as it is if that fails.
+    let prepared = stringprep::saslprep(password).unwrap_or(password.into());
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        prepared.as_bytes(),
+        &mut salted,
+    );
+    let client_key = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &salted), b"Client Key");
+    digest::digest(&digest::SHA256, client_key.as_ref()).as_ref() == stored_key.as_slice()
+}
+
+/// Makes `role`'s password `password` unless its stored verifier already accepts it; returns
+/// whether it changed. The Secret is the source of truth: one deleted and made again with a new
+/// password, or rotated by its owner, is followed.
+pub async fn keep_password(
+    client: &tokio_postgres::Client,
+    role: &str,
+    password: &str,
+) -> Result<bool, Error> {
+    let stored: Option<String> = client
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .and_then(|row| row.get(0));
+    if stored.is_some_and(|verifier| scram_accepts(&verifier, password)) {
+        return Ok(false);
+    }
+    set_password(client, role, password).await?;
+    Ok(true)
+}
+
 /// Creates a role with `attributes` and `password` (stored as a SCRAM verifier, never in clear).
 /// An existing role keeps its password: the Secret it came from is kept too.
 pub async fn ensure_role(
@@ -162,7 +219,7 @@ pub async fn ensure_role(
 
 /// The owner role and the application database of `spec.database`. The password is sent as a
 /// SCRAM verifier, never in clear, so no statement log or audit record can reveal it; it is set
-/// when the role is created and left alone afterwards.
+/// when the role is created, and again only when the stored one no longer matches it.
 pub async fn ensure_database(
     client: &tokio_postgres::Client,
     spec: &SectorDatabaseSpec,
@@ -171,6 +228,7 @@ pub async fn ensure_database(
     let owner = &spec.database.owner;
     let name = &spec.database.name;
     ensure_role(client, owner, "LOGIN", owner_password).await?;
+    keep_password(client, owner, owner_password).await?;
     if client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
         .await?
@@ -363,4 +421,29 @@ pub async fn observe(client: &tokio_postgres::Client, level: i32) -> Result<Obse
         streaming_standbys: i32::try_from(streaming).unwrap_or(i32::MAX),
         ..Observed::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scram_verifier_accepts_its_password_only() {
+        for password in ["app-password", "mật khẩu ñ", ""] {
+            let clause = password_clause(password);
+            let verifier = clause
+                .trim_start_matches("PASSWORD '")
+                .trim_end_matches('\'');
+            assert!(scram_accepts(verifier, password), "{password:?}");
+            assert!(!scram_accepts(verifier, "another"), "{password:?}");
+        }
+        for garbage in [
+            "",
+            "md5abc",
+            "SCRAM-SHA-256$x:y$z:w",
+            "SCRAM-SHA-256$4096:@@$a:b",
+        ] {
+            assert!(!scram_accepts(garbage, ""), "{garbage:?}");
+        }
+    }
 }

@@ -70,6 +70,50 @@ async fn ensure_database_creates_owner_and_database_once() {
 }
 
 #[tokio::test]
+async fn the_owner_role_follows_a_new_password_in_its_secret_and_only_then_changes() {
+    install_crypto();
+    let pg = Postgres::start(&spec(3, "Required"));
+    let su = pg.superuser().await;
+    let spec = spec(3, "Required");
+    let verifier = || async {
+        let row = su
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    sql::ensure_database(&su, &spec, APP_PASSWORD)
+        .await
+        .unwrap();
+    let first = verifier().await;
+    // The app Secret deleted and made again with a new password.
+    let renewed = "a-new-app-password";
+    sql::ensure_database(&su, &spec, renewed).await.unwrap();
+    let second = verifier().await;
+    assert_ne!(first, second, "the role took the new password");
+    assert!(
+        sql::connect(&pg.target("app", renewed), "health")
+            .await
+            .is_ok()
+    );
+    assert!(
+        sql::connect(&pg.target("app", APP_PASSWORD), "health")
+            .await
+            .is_err()
+    );
+    sql::ensure_database(&su, &spec, renewed).await.unwrap();
+    assert_eq!(
+        verifier().await,
+        second,
+        "a matching password is left alone"
+    );
+    assert!(!pg.log().contains(renewed));
+}
+
+#[tokio::test]
 async fn the_owner_connects_over_tls_and_plain_connections_are_refused_at_level_three() {
     install_crypto();
     let pg = Postgres::start(&spec(3, "Required"));

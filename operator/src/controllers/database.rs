@@ -632,13 +632,10 @@ async fn configure_postgres(
     sql::ensure_database(&client, &db.spec, owner_password).await?;
     sql::apply_parameters(&client, &db.spec).await?;
     sql::set_archive_command(&client, archive_command).await?;
-    let observed = sql::observe(&client, db.spec.security_level).await?;
-    // A standby that does not stream may hold a password from an earlier Secret (a database
-    // re-created on retained volumes keeps its roles): make the role match the Secret again.
-    if observed.streaming_standbys < db.spec.instances - 1 {
-        sql::set_password(&client, pgconf::REPLICATION_USER, replication_password).await?;
-    }
-    Ok(observed)
+    // A database re-created on retained volumes keeps its roles, with the passwords of earlier
+    // Secrets: the roles follow the Secrets again.
+    sql::keep_password(&client, pgconf::REPLICATION_USER, replication_password).await?;
+    sql::observe(&client, db.spec.security_level).await
 }
 
 /// Keeps the role label on each instance's pod: the read-only Service selects the replicas by it.
