@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -537,16 +537,17 @@ async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_d
     .await?
     .context("vanished")?;
     let role = conn.status.and_then(|s| s.role).context("no role")?;
-    // The provider's server goes away (its StatefulSet scaled to zero by hand), then the platform
-    // authority suspends the grant.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &a.provider.name);
-    let scale = |n: i32| json!({"spec": {"replicas": n}});
-    statefulsets
-        .patch("records", &PatchParams::default(), &Patch::Merge(scale(0)))
-        .await?;
+    // The provider's server goes away (its pod deleted, and a quota of no pods in the namespace
+    // keeps the StatefulSet from making it again: the operator puts back a StatefulSet scaled by
+    // hand), then the platform authority suspends the grant.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &a.provider.name);
+    let no_pods: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}
+    }))?;
+    quotas.create(&PostParams::default(), &no_pods).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &a.provider.name);
+    pods.delete("records-0", &Default::default()).await?;
     sectordb_e2e::poll(Duration::from_secs(90), "provider pod gone", || async {
-        let pods =
-            Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &a.provider.name);
         pods.get_opt("records-0")
             .await
             .ok()?
@@ -573,10 +574,27 @@ async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_d
         "the suspension looks handled"
     );
 
+    // The failing revocation is told on the connection, and retried.
+    let events: Api<Event> = Api::namespaced(client.clone(), &a.provider.name);
+    let told = sectordb_e2e::poll(Duration::from_secs(30), "a failure Warning", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vax")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("in a row, next try in"))
+            })
+    })
+    .await?;
+    assert_eq!(told.type_.as_deref(), Some("Warning"), "{told:?}");
+
     // The provider comes back: the retry revokes for real.
-    statefulsets
-        .patch("records", &PatchParams::default(), &Patch::Merge(scale(1)))
-        .await?;
+    quotas.delete("no-pods", &Default::default()).await?;
     let done = wait_for(&api, "vax", Duration::from_secs(180), "Suspended", |c| {
         phase(c) == Some(ConnectionPhase::Suspended)
     })

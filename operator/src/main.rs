@@ -216,6 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace_labels: Default::default(),
         installed: Default::default(),
         checked: Default::default(),
+        failures: Default::default(),
     });
     tokio::join!(
         controllers::database::run(ctx.clone(), stopped()),

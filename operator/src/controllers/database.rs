@@ -1050,7 +1050,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, super::error_policy(CONTROLLER), ctx)
+        .run(
+            super::counting_failures(CONTROLLER, reconcile),
+            super::error_policy(CONTROLLER),
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -78,6 +78,8 @@ pub struct Context {
     >,
     /// The children as the operator last wrote or checked them (see `apply`).
     pub checked: crate::apply::Checked,
+    /// Failed reconciles in a row, per object (see `error_policy`).
+    pub failures: Failures,
 }
 
 impl Context {
@@ -213,14 +215,83 @@ pub fn field_manager(controller: &str) -> String {
     format!("sectordb/{controller}")
 }
 
-/// Retries failed reconciles with a fixed delay; the controller's own queue dedups them.
+/// Consecutive failed reconciles per object, by controller and object: each retry waits longer,
+/// and a success starts again from the first delay.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Failures {
+    fn key<K: Resource>(controller: &str, obj: &K) -> String {
+        let namespace = obj.namespace().unwrap_or_default();
+        format!("{controller}/{namespace}/{}", obj.name_any())
+    }
+
+    /// Counts one more failure of `obj`; returns how many in a row.
+    fn failed<K: Resource>(&self, controller: &str, obj: &K) -> u32 {
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(Self::key(controller, obj)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn succeeded<K: Resource>(&self, controller: &str, obj: &K) {
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&Self::key(controller, obj));
+    }
+}
+
+/// How long to wait after the `failures`-th failure in a row: 5 s, doubling, at most 5 min.
+pub fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 << doublings).min(Duration::from_secs(300))
+}
+
+/// A reconcile as the controller runs it.
+type Reconciled = std::pin::Pin<Box<dyn Future<Output = Result<Action>> + Send>>;
+
+/// Wraps a controller's reconcile so that a success clears the object's failure count.
+pub fn counting_failures<K, F, Fut>(
+    controller: &'static str,
+    reconcile: F,
+) -> impl Fn(Arc<DeserializeGuard<K>>, Arc<Context>) -> Reconciled
+where
+    K: Resource + Send + Sync + 'static,
+    F: Fn(Arc<DeserializeGuard<K>>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let reconciled = reconcile(obj.clone(), ctx.clone());
+        Box::pin(async move {
+            let result = reconciled.await;
+            if result.is_ok() {
+                ctx.failures.succeeded(controller, &*obj);
+            }
+            result
+        })
+    }
+}
+
+/// Retries a failed reconcile after a delay that grows with the object's failures in a row
+/// (`retry_after`), and tells the object's owner why in a Warning Event (the Recorder folds
+/// repeats of the same message into one Event's series).
 pub fn error_policy<K>(
     controller: &'static str,
-) -> impl Fn(Arc<DeserializeGuard<K>>, &Error, Arc<Context>) -> Action {
-    move |_, error, ctx| {
+) -> impl Fn(Arc<DeserializeGuard<K>>, &Error, Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    move |obj, error, ctx| {
         ctx.metrics.failure(controller, error.category());
-        tracing::warn!(controller, category = error.category(), %error, "reconcile failed; retrying");
-        Action::requeue(Duration::from_secs(15))
+        let failures = ctx.failures.failed(controller, &*obj);
+        let delay = retry_after(failures);
+        tracing::warn!(controller, category = error.category(), %error, failures, retry_in_s = delay.as_secs(), "reconcile failed; retrying");
+        let note = format!(
+            "reconcile failed ({failures} in a row, next try in {} s): {error}",
+            delay.as_secs()
+        );
+        let reason = error.category();
+        tokio::spawn(async move { event(&ctx, &*obj, true, reason, note).await });
+        Action::requeue(delay)
     }
 }
 
@@ -366,4 +437,41 @@ where
     .await?;
     ctx.metrics.write(controller, "status");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    #[test]
+    fn retries_back_off_per_object_and_a_success_starts_again() {
+        let delays: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_after(u32::MAX), Duration::from_secs(300));
+
+        let object = |name: &str| ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("n".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let failures = Failures::default();
+        assert_eq!(failures.failed("database", &object("a")), 1);
+        assert_eq!(failures.failed("database", &object("a")), 2);
+        assert_eq!(
+            failures.failed("database", &object("b")),
+            1,
+            "another object"
+        );
+        assert_eq!(
+            failures.failed("policy", &object("a")),
+            1,
+            "another controller"
+        );
+        failures.succeeded("database", &object("a"));
+        assert_eq!(failures.failed("database", &object("a")), 1);
+    }
 }
