@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use sectordb::api::backup::{BackupPhase, BackupType, SectorBackup};
 use sectordb::api::database::DrillRecord;
 use sectordb::api::{BackupPolicy, SectorDatabase};
 use sectordb_e2e::backup::{Setup, damage, objects, request_backup, request_done};
@@ -455,5 +456,118 @@ async fn a_deleted_database_leaves_a_final_backup_that_restores_into_a_new_one()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(rows, ["written last"]);
+    setup.delete().await
+}
+
+#[tokio::test]
+async fn a_running_backup_holds_up_no_change_to_its_database_and_lands_in_its_record() -> Result<()>
+{
+    let client = client().await?;
+    let (setup, _, _) = Setup::new(&client, "long", 1, None).await?;
+    let ns = setup.ns.name.clone();
+    let api = setup.backed_up_database().await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let app = secrets.get("db-app").await?;
+    // Enough data that the backup runs for a while.
+    connect_with(&app)
+        .await?
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, md5(g::text) AS a, md5((g + 1)::text) AS b FROM generate_series(1, 4000000) g",
+        )
+        .await?;
+    request_backup(&api, "long").await?;
+    let db = wait_for(
+        &api,
+        "db",
+        Duration::from_secs(60),
+        "a backup running",
+        |db| {
+            db.and_then(|d| d.status.as_ref()?.backup.as_ref()?.running.clone())
+                .is_some()
+        },
+    )
+    .await?;
+    let running = db
+        .and_then(|d| d.status?.backup?.running)
+        .context("no running backup")?;
+
+    // A change made while it runs is applied at once, not after the backup.
+    let edited = std::time::Instant::now();
+    let patch = json!({"spec": {"postgres": {"parameters": {"work_mem": "8MB"}}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    sectordb_e2e::poll(Duration::from_secs(60), "work_mem 8MB", || async {
+        let session = connect_with(&app).await.ok()?;
+        let row = session.query_one("SHOW work_mem", &[]).await.ok()?;
+        (row.get::<_, String>(0) == "8MB").then_some(())
+    })
+    .await?;
+    let applied_after = edited.elapsed();
+    let applied_at = jiff::Timestamp::now();
+    assert!(
+        applied_after < Duration::from_secs(20),
+        "the edit took {applied_after:?} during a backup"
+    );
+
+    // The backup's outcome still lands: in the database's status and in its SectorBackup.
+    let db = request_done(&api, "long", Duration::from_secs(300)).await?;
+    let label = last_label(Some(&db)).context("no backup label")?;
+    let records: Api<SectorBackup> = Api::namespaced(client.clone(), &ns);
+    let record = records.get(&running).await?;
+    let status = record.status.context("no SectorBackup status")?;
+    assert_eq!(
+        (status.phase, status.label.as_deref()),
+        (Some(BackupPhase::Completed), Some(label.as_str())),
+        "{status:?}"
+    );
+    assert!(status.size_bytes.unwrap_or(0) > 0, "{status:?}");
+    assert!(status.finished.is_some(), "{status:?}");
+    // pgBackRest's own stop time, in whole seconds.
+    let stopped = db
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.as_ref()?.last_successful.as_ref())
+        .map(|l| l.time.0)
+        .context("no lastSuccessful")?;
+    assert!(
+        stopped >= jiff::Timestamp::from_second(applied_at.as_second())?,
+        "the backup stopped at {stopped}, before the edit was seen at {applied_at}: the test proves nothing (more filler?)"
+    );
+    assert_eq!(
+        (record.spec.kind, record.spec.request.as_deref()),
+        (BackupType::Full, Some("long"))
+    );
+
+    // A SectorBackup the operator did not start runs nothing and says so.
+    let backups_before = db.status.as_ref().and_then(|s| s.backup.as_ref()?.backups);
+    let uid = db.metadata.uid.clone().context("no uid")?;
+    let forged: SectorBackup = serde_json::from_value(json!({
+        "apiVersion": "sectordb.io/v1alpha1", "kind": "SectorBackup",
+        "metadata": {"name": "db-forged", "labels": {"sectordb.io/database": "db"},
+                     "ownerReferences": [{"apiVersion": "sectordb.io/v1alpha1", "kind": "SectorDatabase",
+                                          "name": "db", "uid": uid, "controller": true}]},
+        "spec": {"database": "db", "policy": setup.policies[0], "type": "full"}
+    }))?;
+    records.create(&PostParams::default(), &forged).await?;
+    // Any change wakes the database's reconcile, which reads its records.
+    request_backup(&api, "after-forged").await?;
+    let forged = sectordb_e2e::poll(
+        Duration::from_secs(60),
+        "the forged record marked",
+        || async {
+            let r = records.get("db-forged").await.ok()?;
+            r.status.filter(|s| s.phase.is_some())
+        },
+    )
+    .await?;
+    assert_eq!(forged.phase, Some(BackupPhase::Failed), "{forged:?}");
+    assert!(forged.message.unwrap_or_default().contains("not started"));
+    assert_eq!(forged.label, None);
+    let db = request_done(&api, "after-forged", Duration::from_secs(300)).await?;
+    assert_eq!(
+        db.status.and_then(|s| s.backup?.backups),
+        backups_before.map(|n| n + 1),
+        "the forged record must not have run a backup of its own"
+    );
     setup.delete().await
 }

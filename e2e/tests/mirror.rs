@@ -1,7 +1,7 @@
 //! The off-site mirror end to end, against the harness's two S3 servers: backups reach the
 //! Government data center, verified and still encrypted, and an outage there costs nothing
-//! locally. The outage test cuts that data center off: scripts/test runs it alone, after the
-//! two others have run side by side (no other test file uses that data center).
+//! locally. These tests cut that data center off, so they run one at a time, apart from the
+//! other backup tests (scripts/test runs this file on its own).
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{Agency, BackupPolicy, DataSharingConnection, SectorDatabase};
+use crate::api::{Agency, BackupPolicy, DataSharingConnection, SectorBackup, SectorDatabase};
 
 /// Every CRD the operator serves.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -15,6 +15,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         DataSharingConnection::crd(),
         BackupPolicy::crd(),
         Agency::crd(),
+        SectorBackup::crd(),
     ]
     .into_iter()
     .map(without_null_enum_values)

@@ -192,6 +192,8 @@ def check_operator_rbac(docs, namespace, dep):
         }
         expected[("sectordb.io", "agencies")] = READ
         expected[("sectordb.io", "agencies/status")] = {"get", "patch"}
+        expected[("sectordb.io", "sectorbackups")] = {"get", "list", "create", "delete"}
+        expected[("sectordb.io", "sectorbackups/status")] = {"get", "patch"}
         for r in SECTORDB_RESOURCES:
             expected[("sectordb.io", r)] = READ | {"patch"}
             expected[("sectordb.io", r + "/status")] = {"get", "patch"}
@@ -247,9 +249,10 @@ def check_user_roles(docs, aggregated):
     want = {
         "sectordb-agency-admin": {"sectordatabases": READ | WRITE,
                                   "datasharingconnections": READ, "backuppolicies": READ,
-                                  "agencies": set()},
-        "sectordb-platform-admin": {r: READ | WRITE for r in SECTORDB_RESOURCES + ["agencies"]},
-        "sectordb-viewer": {r: READ for r in SECTORDB_RESOURCES + ["agencies"]},
+                                  "sectorbackups": READ, "agencies": set()},
+        "sectordb-platform-admin": {**{r: READ | WRITE for r in SECTORDB_RESOURCES + ["agencies"]},
+                                    "sectorbackups": READ | {"delete"}},
+        "sectordb-viewer": {r: READ for r in SECTORDB_RESOURCES + ["agencies", "sectorbackups"]},
     }
     for name, expected in want.items():
         role = roles.get(name)

@@ -421,6 +421,9 @@ pub struct BackupState {
     /// The `sectordb.io/backup-request` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<String>,
+    /// The SectorBackup whose backup runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
     /// The latest restore drill of this database's backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<DrillRecord>,

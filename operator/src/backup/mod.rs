@@ -2,6 +2,7 @@
 //! what it runs there (commands through `pods/exec`), when (the policy's schedule), and what it
 //! reads back (`pgbackrest info`, the only source of what status reports).
 
+pub mod detached;
 pub mod drill;
 pub mod exec;
 pub mod mirror;

@@ -173,20 +173,7 @@ pub fn restore_time(target: &Time) -> String {
 }
 
 /// Kind of backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    Differential,
-    Full,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Full => "full",
-            Kind::Differential => "diff",
-        }
-    }
-}
+pub use crate::api::backup::BackupType as Kind;
 
 /// A pgBackRest command line for the pod, bounded by `timeout` (pgBackRest's own retries nest
 /// and can take many minutes against an unreachable store).

@@ -12,14 +12,17 @@ use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::backup_records::{self, Records};
 use super::drills::{self, Drill};
 use super::names::DATABASE as CONTROLLER;
 use super::{Context, Result, apply_child, secret_value};
+use crate::api::backup::BackupPhase;
 use crate::api::database::{BackupRecord, BackupState};
 use crate::api::policy::{
     BackupPolicySpec, MirrorStatus, PassphraseSecret, Repository, RepositoryRole,
 };
 use crate::api::{BackupPolicy, SectorDatabase};
+use crate::backup::detached::Progress;
 use crate::backup::exec;
 use crate::backup::pgbackrest::{self, Kind, Layout, RepositorySecrets};
 use crate::backup::schedule;
@@ -464,8 +467,53 @@ pub async fn run(
         (false, Some(due)) => Some(due.kind),
         (false, None) => None,
     };
+    // The backup itself runs detached in the pod, recorded by a SectorBackup: this reconcile
+    // starts it, later ones read how it ended.
+    let records = Records::read(ctx, db).await?;
     let mut event = None;
-    if let Some(kind) = kind {
+    let mut completed = None;
+    state.running = None;
+    if let Some(running) = records.running() {
+        let name = running.name_any();
+        match backup_records::look(&pods, &pod, running).await {
+            None | Some(Progress::Running) => state.running = Some(name),
+            Some(Progress::Finished { code: 0, .. }) => {
+                if let Some(slot) = &running.spec.slot {
+                    state.last_scheduled = Some(slot.clone());
+                }
+                if running.spec.request.is_some() {
+                    state.last_request = running.spec.request.clone();
+                }
+                event = Some((false, "BackupCompleted", String::new()));
+                completed = Some(name);
+            }
+            Some(ended) => {
+                let (reason, message) = match ended {
+                    Progress::Finished {
+                        code: LOCK_HELD, ..
+                    } => (
+                        "BackupRunning",
+                        "another pgBackRest backup of this database was running".to_string(),
+                    ),
+                    Progress::Finished { tail, .. } => (
+                        "BackupFailed",
+                        format!("{} backup to {repo}: {tail}", running.spec.kind.as_str()),
+                    ),
+                    _ => (
+                        "BackupFailed",
+                        format!(
+                            "{} backup to {repo}: pgBackRest stopped with its pod before it finished",
+                            running.spec.kind.as_str()
+                        ),
+                    ),
+                };
+                records
+                    .finish(&name, BackupPhase::Failed, message.clone(), None)
+                    .await?;
+                return Ok(failed(reason, format!("backup {name}: {message}"), &state));
+            }
+        }
+    } else if let Some(kind) = kind {
         let info = stdout_of(
             exec_in(&["info", "--output=json"], 120).await,
             "pgbackrest info",
@@ -477,37 +525,25 @@ pub async fn run(
             Err(error) => return Ok(failed("InfoFailed", error, &state)),
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = match exec_in(&args, 3600).await {
-            Ok(out) => out,
-            Err(error) => return Ok(failed("BackupFailed", error, &state)),
-        };
-        if out.code == Some(LOCK_HELD) {
-            return Ok(Outcome {
-                event: None,
-                retry_in: Some(Duration::from_secs(30)),
-                ..failed(
-                    "BackupRunning",
-                    "another pgBackRest backup of this database is still running".into(),
-                    &state,
-                )
-            });
+        let record = backup_records::record(
+            db,
+            &policy_name,
+            kind,
+            due.filter(|_| !requested).map(|d| Time(d.slot)),
+            request.clone().filter(|_| requested),
+            now,
+        );
+        let record = records.create(&record, now).await?;
+        let command = pgbackrest::command(&plan.stanza, 3600, &args);
+        if let Err(error) = backup_records::start(&pods, &pod, &record, &command).await {
+            records
+                .finish(&record.name_any(), BackupPhase::Failed, error.clone(), None)
+                .await?;
+            return Ok(failed("BackupFailed", error, &state));
         }
-        if !out.succeeded() {
-            return Ok(failed(
-                "BackupFailed",
-                format!("{} backup to {repo}: {}", kind.as_str(), out.tail()),
-                &state,
-            ));
-        }
-        if let Some(due) = due {
-            state.last_scheduled = Some(Time(due.slot));
-        }
-        if requested {
-            state.last_request = request;
-        }
-        event = Some((false, "BackupCompleted", String::new()));
+        state.running = Some(record.name_any());
     }
-    if kind.is_some() || previous.last_successful.is_none() {
+    if completed.is_some() || previous.last_successful.is_none() {
         let out = match exec_in(&["info", "--output=json"], 120).await {
             Ok(out) if out.succeeded() => out,
             Ok(out) => {
@@ -536,17 +572,39 @@ pub async fn run(
     if let Some(last) = state.last_successful.as_mut() {
         last.repos = holding(&plan.policy.spec, &mirrors, &last.time);
     }
+    // While a backup runs, look at it again soon.
+    let running = state
+        .running
+        .as_ref()
+        .map(|name| format!("; backup {name} runs"));
+    let mut retry_in = running.as_ref().map(|_| Duration::from_secs(10));
     let Some(last) = state.last_successful.clone() else {
         return Ok(Outcome {
+            retry_in: retry_in.or(Some(Duration::from_secs(30))),
             state: Some(state),
-            retry_in: Some(Duration::from_secs(30)),
             ..not_backed_up(
-                "NoBackupYet",
-                format!("no backup of this database in {repo} yet"),
+                if running.is_some() {
+                    "BackupRunning"
+                } else {
+                    "NoBackupYet"
+                },
+                format!(
+                    "no backup of this database in {repo} yet{}",
+                    running.unwrap_or_default()
+                ),
             )
         });
     };
     let label = last.label.clone().unwrap_or_default();
+    if let Some(name) = &completed {
+        let message = format!(
+            "{} backup {label} in {repo}, {} bytes",
+            last.kind, last.size_bytes
+        );
+        records
+            .finish(name, BackupPhase::Completed, message, Some(&last))
+            .await?;
+    }
     let mut event = event.map(|(warning, reason, _)| {
         (
             warning,
@@ -557,13 +615,17 @@ pub async fn run(
             ),
         )
     });
-    let mut retry_in = None;
-    if kind.is_some() {
+    // No drill while a backup runs: it would restore the backup before this one.
+    let drill = match state.running {
+        None => drill_due(db, plan, &previous, &last, now),
+        Some(_) => None,
+    };
+    if completed.is_some() {
         // What the drill of this backup will check its copy against.
         if let Err(why) = drills::take_baseline(ctx, db, &label).await? {
             tracing::warn!(database = %db.name_any(), %label, %why, "row counts for restore drills not taken");
         }
-    } else if let Some(slot) = drill_due(db, plan, &previous, &last, now) {
+    } else if let Some(slot) = drill {
         match drills::run(ctx, db, &plan.stanza, observed.last_archived).await? {
             Drill::Waiting(why) => {
                 tracing::info!(database = %db.name_any(), %why, "restore drill waits");
@@ -599,11 +661,12 @@ pub async fn run(
         backed_up: true,
         reason: "BackedUp",
         message: format!(
-            "{} backup {label} of {} in {} (policy {policy_name}); backups in the repository: {}",
+            "{} backup {label} of {} in {} (policy {policy_name}); backups in the repository: {}{}",
             last.kind,
             last.time.0,
             last.repos.join(" and "),
-            state.backups.unwrap_or(0)
+            state.backups.unwrap_or(0),
+            running.unwrap_or_default()
         ),
         offsite: offsite(&plan.policy.spec, &mirrors),
         state: Some(state),

@@ -2,6 +2,7 @@
 //! writes and Events.
 
 pub mod agency;
+pub mod backup_records;
 pub mod backups;
 pub mod ca;
 pub mod connection;
