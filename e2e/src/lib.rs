@@ -115,6 +115,22 @@ where
     }
 }
 
+/// The first Event in `namespace` that `matches`, waiting at most `timeout` for one.
+pub async fn event_where(
+    client: &Client,
+    namespace: &str,
+    timeout: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> Result<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    poll(timeout, what, || async {
+        let listed = events.list(&ListParams::default()).await.ok()?;
+        listed.items.into_iter().find(|e| matches(e))
+    })
+    .await
+}
+
 /// GET through the apiserver's service proxy, e.g. the operator's `/metrics`.
 pub async fn proxy_get(
     client: &Client,

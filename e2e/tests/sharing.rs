@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use sectordb::api::DataSharingConnection;
@@ -74,16 +73,13 @@ async fn a_consumer_reads_the_granted_columns_and_nothing_else() -> Result<()> {
         "creating objects"
     );
 
-    let events: Api<Event> = Api::namespaced(client.clone(), &a.provider.name);
-    poll(Duration::from_secs(30), "a Granted Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("Granted"))
-    })
+    sectordb_e2e::event_where(
+        &client,
+        &a.provider.name,
+        Duration::from_secs(30),
+        "a Granted Event",
+        |e| e.reason.as_deref() == Some("Granted"),
+    )
     .await?;
 
     // The consumer deletes the delivered Secret: it is delivered again at once, and works.

@@ -575,21 +575,18 @@ async fn a_revocation_that_cannot_reach_the_provider_is_retried_never_reported_d
     );
 
     // The failing revocation is told on the connection, and retried.
-    let events: Api<Event> = Api::namespaced(client.clone(), &a.provider.name);
-    let told = sectordb_e2e::poll(Duration::from_secs(30), "a failure Warning", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vax")
-                    && e.note
-                        .as_deref()
-                        .is_some_and(|n| n.contains("in a row, next try in"))
-            })
-    })
+    let told = sectordb_e2e::event_where(
+        &client,
+        &a.provider.name,
+        Duration::from_secs(30),
+        "a failure Warning",
+        |e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vax")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("in a row, next try in"))
+        },
+    )
     .await?;
     assert_eq!(told.type_.as_deref(), Some("Warning"), "{told:?}");
 

@@ -133,6 +133,17 @@ impl Checked {
             && seen.get(&Self::key(live)) == live.resource_version().as_ref()
     }
 
+    /// Forgets the children of a deleted owner: every entry in `namespace` whose name starts
+    /// with `prefix` (another owner's entry that shares the prefix is only compared once more).
+    pub fn forget(&self, namespace: &str, prefix: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|key, _| {
+            let mut parts = key.splitn(3, '/');
+            let (_, ns, name) = (parts.next(), parts.next(), parts.next().unwrap_or_default());
+            ns != Some(namespace) || !name.starts_with(prefix)
+        });
+    }
+
     fn record<K: Resource + Serialize>(&self, live: &K) {
         if let Some(version) = live.resource_version() {
             let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,6 +200,25 @@ mod tests {
 
     fn secret(meta: serde_json::Value) -> Secret {
         serde_json::from_value(serde_json::json!({"metadata": meta})).unwrap()
+    }
+
+    #[test]
+    fn forgetting_an_owner_drops_its_children_in_its_namespace_only() {
+        let checked = Checked::default();
+        let v = |ns: &str, name: &str| {
+            secret(serde_json::json!({"name": name, "namespace": ns, "resourceVersion": "7"}))
+        };
+        for s in [
+            v("a", "db-app"),
+            v("a", "db-server-tls"),
+            v("a", "other-app"),
+            v("b", "db-app"),
+        ] {
+            checked.record(&s);
+        }
+        checked.forget("a", "db");
+        assert!(!checked.holds(&v("a", "db-app")) && !checked.holds(&v("a", "db-server-tls")));
+        assert!(checked.holds(&v("a", "other-app")) && checked.holds(&v("b", "db-app")));
     }
 
     fn owned_by(uid: &str) -> serde_json::Value {

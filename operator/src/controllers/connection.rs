@@ -189,6 +189,15 @@ pub enum Outcome {
     NotGranted,
 }
 
+/// The provider's status lost its read-write endpoint after the session to it was opened (a
+/// status rewritten meanwhile): try again rather than trust an address no longer reported.
+fn endpoint_gone() -> Outcome {
+    failed(
+        "ProviderNotReady",
+        "the provider's status no longer reports its read-write endpoint",
+    )
+}
+
 fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
     Outcome::GrantFailed {
         reason,
@@ -479,7 +488,9 @@ async fn deliver_secret(
             format!("PostgreSQL refused the grant: {error}"),
         )));
     }
-    let (rw, addr) = read_write_endpoint(provider).expect("a session was opened to this address");
+    let Some((rw, addr)) = read_write_endpoint(provider) else {
+        return Ok(Err(endpoint_gone()));
+    };
     let host_addr = addr.to_string();
     let endpoint = dataplane::Endpoint {
         host: &rw.host,
@@ -539,7 +550,9 @@ async fn replicate(
     if let Some(problem) = replication_sql::unpublishable(&sources) {
         return Ok(Err(failed("NotReplicable", problem)));
     }
-    let (rw, addr) = read_write_endpoint(provider).expect("a session was opened to this address");
+    let Some((rw, addr)) = read_write_endpoint(provider) else {
+        return Ok(Err(endpoint_gone()));
+    };
     let steps = async {
         let subscribed = replication_sql::subscribed(&consumer, role).await?;
         let password = pki::password(32);

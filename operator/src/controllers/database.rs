@@ -868,6 +868,8 @@ async fn cleanup(db: Arc<SectorDatabase>, ctx: Arc<Context>) -> Result<Action> {
     let ctx = &*ctx;
     ctx.metrics
         .forget(&db.namespace().unwrap_or_default(), &db.name_any());
+    ctx.checked
+        .forget(&db.namespace().unwrap_or_default(), &db.name_any());
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let selector = format!("app.kubernetes.io/instance={}", db.name_any());
