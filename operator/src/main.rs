@@ -213,6 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ca_changes: Default::default(),
         superuser: tokio::sync::Mutex::new(None),
         mirror_passes: Default::default(),
+        mirror_runs: Default::default(),
         namespace_labels: Default::default(),
         installed: Default::default(),
         checked: Default::default(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use md5::{Digest, Md5};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
@@ -322,9 +323,88 @@ pub async fn sync(primary: &Bucket, mirror: &Bucket) -> Result<Pass, String> {
     Ok(pass)
 }
 
+/// Mirror passes running in tasks of their own, by policy UID and mirror name: a policy's
+/// reconcile starts one and reads how it went on a later reconcile, instead of waiting for the
+/// copy. A pass lost with the operator is simply run again (a pass copies what is missing).
+#[derive(Default)]
+pub struct Passes(std::sync::Mutex<std::collections::HashMap<String, Running>>);
+
+struct Running {
+    started: Time,
+    task: tokio::task::JoinHandle<Result<u64, String>>,
+}
+
+/// Where the pass of one mirror stands.
+pub enum Polled {
+    /// None runs.
+    Idle,
+    Running,
+    /// It ended: when it started, and how many objects it copied or why it failed.
+    Done(Time, Result<u64, String>),
+}
+
+impl Passes {
+    /// How the pass under `key` stands; a finished one is taken out.
+    pub fn poll(&self, key: &str) -> Polled {
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match passes.get(key) {
+            None => return Polled::Idle,
+            Some(running) if !running.task.is_finished() => return Polled::Running,
+            Some(_) => {}
+        }
+        let Some(mut done) = passes.remove(key) else {
+            return Polled::Idle;
+        };
+        let result = match futures::FutureExt::now_or_never(&mut done.task) {
+            Some(Ok(result)) => result,
+            Some(Err(error)) => Err(format!("the mirror pass ended abnormally: {error}")),
+            None => Err("the mirror pass was lost".into()),
+        };
+        Polled::Done(done.started, result)
+    }
+
+    /// Runs `pass` as the pass under `key`, started at `started`.
+    pub fn start(
+        &self,
+        key: String,
+        started: Time,
+        pass: impl Future<Output = Result<u64, String>> + Send + 'static,
+    ) {
+        let task = tokio::spawn(pass);
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        passes.insert(key, Running { started, task });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pass_runs_in_its_own_task_and_its_result_is_read_once() {
+        let passes = Passes::default();
+        assert!(matches!(passes.poll("p/m"), Polled::Idle));
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let started = Time(jiff::Timestamp::from_second(1_000).unwrap());
+        passes.start("p/m".into(), started.clone(), async move {
+            wait.await.map_err(|e| e.to_string())?;
+            Ok(3)
+        });
+        assert!(matches!(passes.poll("p/m"), Polled::Running));
+        go.send(()).unwrap();
+        for _ in 0..100 {
+            match passes.poll("p/m") {
+                Polled::Running => tokio::time::sleep(Duration::from_millis(10)).await,
+                Polled::Done(at, result) => {
+                    assert_eq!((at, result), (started, Ok(3)));
+                    assert!(matches!(passes.poll("p/m"), Polled::Idle));
+                    return;
+                }
+                Polled::Idle => panic!("the pass vanished"),
+            }
+        }
+        panic!("the pass did not end");
+    }
 
     fn listed(entries: &[(&str, u64, i64)]) -> BTreeMap<String, Listed> {
         entries

@@ -69,6 +69,8 @@ pub struct Context {
     pub mirror_passes: std::sync::Mutex<
         std::collections::HashMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     >,
+    /// The mirror passes running now, each in its own task.
+    pub mirror_runs: crate::backup::mirror::Passes,
     /// The namespaces' labels, from the database controller's watch of namespaces.
     pub namespace_labels: selection::NamespaceLabels,
     /// Per database (by UID), what each run of its servers (pod UID and container start) was

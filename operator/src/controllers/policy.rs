@@ -23,7 +23,8 @@ use super::selection::selects;
 use super::{Context, Result, announce, backups, now, report_undecodable, write_status};
 use crate::api::policy::{BackupPolicyStatus, MirrorStatus, Repository, VerificationResult};
 use crate::api::{BackupPolicy, SectorDatabase};
-use crate::backup::{mirror, schedule};
+use crate::backup::mirror::{self, Polled};
+use crate::backup::schedule;
 use crate::conditions::{Want, settle, status_of};
 use crate::validate;
 
@@ -135,6 +136,8 @@ pub fn desired_status(policy: &BackupPolicy, facts: &Facts, now: &Time) -> Backu
 /// How often a mirror gets a pass; a pass within this of the last one is not repeated when some
 /// database's change wakes the controller.
 const MIRROR_PASS_EVERY: Duration = Duration::from_secs(20);
+/// How often a policy whose mirror pass runs looks whether it ended.
+const PASS_LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// The mirror's status after a pass. `lastSynced` says since when the mirror has held all the
 /// primary held: a pass that copied something moves it to now, one that found nothing new
@@ -174,12 +177,14 @@ fn mirror_status(
     }
 }
 
-/// One pass over each mirror of `policy`, unless it had one within `MIRROR_PASS_EVERY`.
+/// Each mirror's status: a pass that ended is read and recorded, one that runs is left to run,
+/// and one is started where none ran within `MIRROR_PASS_EVERY`. Also whether a pass runs now
+/// (the policy is then looked at again soon).
 async fn keep_mirrors(
     ctx: &Context,
     policy: &BackupPolicy,
     now: &Time,
-) -> Result<Vec<MirrorStatus>> {
+) -> Result<(Vec<MirrorStatus>, bool)> {
     let previous = policy
         .status
         .as_ref()
@@ -191,9 +196,10 @@ async fn keep_mirrors(
         .clone()
         .unwrap_or_else(|| now.clone());
     let Some(primary) = policy.spec.repositories.first() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let mut statuses = Vec::new();
+    let mut running = false;
     for repository in policy.spec.repositories.iter().skip(1) {
         let before = previous.iter().find(|m| m.name == repository.name);
         let key = format!("{}/{}", policy.uid().unwrap_or_default(), repository.name);
@@ -203,43 +209,78 @@ async fn keep_mirrors(
             .ok()
             .and_then(|m| m.get(&key).cloned());
         let last = before.and_then(|m| m.last_synced.as_ref());
+        let status = |pass: &std::result::Result<u64, String>, at: &Time| {
+            mirror_status(repository, pass, last, last_pass.as_ref(), &since, at)
+        };
+        let started = match ctx.mirror_runs.poll(&key) {
+            Polled::Running => {
+                running = true;
+                let first = || status(&Err("the first pass runs".into()), now);
+                statuses.push(before.cloned().unwrap_or_else(first));
+                continue;
+            }
+            Polled::Done(started, pass) => {
+                record_pass(ctx, policy, repository, &key, &started, &pass);
+                statuses.push(status(&pass, &started));
+                continue;
+            }
+            Polled::Idle => now,
+        };
         let recent = last_pass.as_ref().or(last).is_some_and(|t| {
-            now.0.as_second() - t.0.as_second() < MIRROR_PASS_EVERY.as_secs() as i64
+            started.0.as_second() - t.0.as_second() < MIRROR_PASS_EVERY.as_secs() as i64
         });
         if let (true, Some(before)) = (recent, before) {
             statuses.push(before.clone());
             continue;
         }
-        let pass = match (
+        match (
             backups::repository_keys(ctx, primary, None).await?,
             backups::repository_keys(ctx, repository, None).await?,
         ) {
-            (Ok((from, _)), Ok((to, _))) => pass(primary, &from, repository, &to).await,
-            _ => Err("the repositories' Secrets are missing".to_string()),
-        };
-        match &pass {
-            Ok(_) => {
-                if let Ok(mut passes) = ctx.mirror_passes.lock() {
-                    passes.insert(key, now.clone());
-                }
+            (Ok((from, _)), Ok((to, _))) => {
+                let copy = pass(primary.clone(), from, repository.clone(), to);
+                ctx.mirror_runs.start(key, started.clone(), copy);
+                running = true;
+                let first = || status(&Err("the first pass runs".into()), now);
+                statuses.push(before.cloned().unwrap_or_else(first));
             }
-            Err(error) => tracing::warn!(
-                policy = %policy.name_any(), mirror = %repository.name, %error,
-                "mirror pass failed; it is retried"
-            ),
+            _ => statuses.push(status(
+                &Err("the repositories' Secrets are missing".to_string()),
+                now,
+            )),
         }
-        let status = mirror_status(repository, &pass, last, last_pass.as_ref(), &since, now);
-        statuses.push(status);
     }
-    Ok(statuses)
+    Ok((statuses, running))
+}
+
+/// Remembers when a pass that went through started (the lag runs from it), or logs why it failed.
+fn record_pass(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    repository: &Repository,
+    key: &str,
+    started: &Time,
+    pass: &std::result::Result<u64, String>,
+) {
+    match pass {
+        Ok(_) => {
+            if let Ok(mut passes) = ctx.mirror_passes.lock() {
+                passes.insert(key.to_string(), started.clone());
+            }
+        }
+        Err(error) => tracing::warn!(
+            policy = %policy.name_any(), mirror = %repository.name, %error,
+            "mirror pass failed; it is retried"
+        ),
+    }
 }
 
 /// One pass copying what `primary` gained to `mirror`; how many objects it copied.
 async fn pass(
-    primary: &Repository,
-    from: &backups::Keys,
-    mirror: &Repository,
-    to: &backups::Keys,
+    primary: Repository,
+    from: backups::Keys,
+    mirror: Repository,
+    to: backups::Keys,
 ) -> std::result::Result<u64, String> {
     let open = |repository, keys: &backups::Keys| {
         mirror::open(&mirror::Access {
@@ -250,7 +291,7 @@ async fn pass(
         })
     };
     let started = std::time::Instant::now();
-    let done = mirror::sync(&open(primary, from)?, &open(mirror, to)?).await?;
+    let done = mirror::sync(&open(&primary, &from)?, &open(&mirror, &to)?).await?;
     if done.copied > 0 {
         tracing::info!(
             mirror = %mirror.name, copied = done.copied, bytes = done.bytes,
@@ -392,8 +433,9 @@ async fn reconcile(
         }
     }
     let now = now();
+    let mut passing = false;
     if facts.missing.is_empty() && validate::policy(&policy.spec).is_ok() {
-        facts.mirrors = keep_mirrors(&ctx, policy, &now).await?;
+        (facts.mirrors, passing) = keep_mirrors(&ctx, policy, &now).await?;
     }
     let mut existing: Vec<String> = others.iter().map(|p| p.name_any()).collect();
     existing.push(policy.name_any());
@@ -411,7 +453,9 @@ async fn reconcile(
     }
     // Namespace labels and Secrets are not watched; a periodic look keeps the counts true, and
     // the mirrors get their next pass.
-    Ok(Action::requeue(if policy.spec.repositories.len() > 1 {
+    Ok(Action::requeue(if passing {
+        PASS_LOOK_EVERY
+    } else if policy.spec.repositories.len() > 1 {
         MIRROR_PASS_EVERY
     } else {
         Duration::from_secs(120)
