@@ -487,30 +487,35 @@ pub async fn run(
                 event = Some((false, "BackupCompleted", String::new()));
                 completed = Some(name);
             }
+            Some(Progress::Finished {
+                code: LOCK_HELD, ..
+            }) => {
+                let message = "another pgBackRest backup of this database was running";
+                records
+                    .finish(&name, BackupPhase::Failed, message.into(), None)
+                    .await?;
+                // Someone else's backup holding the lock is no failure of this one's: no
+                // Warning, and a look again soon.
+                return Ok(Outcome {
+                    event: None,
+                    retry_in: Some(Duration::from_secs(30)),
+                    ..failed("BackupRunning", format!("backup {name}: {message}"), &state)
+                });
+            }
             Some(ended) => {
-                let (reason, message) = match ended {
-                    Progress::Finished {
-                        code: LOCK_HELD, ..
-                    } => (
-                        "BackupRunning",
-                        "another pgBackRest backup of this database was running".to_string(),
-                    ),
-                    Progress::Finished { tail, .. } => (
-                        "BackupFailed",
-                        format!("{} backup to {repo}: {tail}", running.spec.kind.as_str()),
-                    ),
-                    _ => (
-                        "BackupFailed",
-                        format!(
-                            "{} backup to {repo}: pgBackRest stopped with its pod before it finished",
-                            running.spec.kind.as_str()
-                        ),
-                    ),
+                let why = match ended {
+                    Progress::Finished { tail, .. } => tail,
+                    _ => "pgBackRest stopped with its pod before it finished".into(),
                 };
+                let message = format!("{} backup to {repo}: {why}", running.spec.kind.as_str());
                 records
                     .finish(&name, BackupPhase::Failed, message.clone(), None)
                     .await?;
-                return Ok(failed(reason, format!("backup {name}: {message}"), &state));
+                return Ok(failed(
+                    "BackupFailed",
+                    format!("backup {name}: {message}"),
+                    &state,
+                ));
             }
         }
     } else if let Some(kind) = kind {
