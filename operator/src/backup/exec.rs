@@ -100,3 +100,12 @@ pub async fn run(
         .await
         .map_err(|_| format!("exec in {pod} did not finish within {timeout:?}"))?
 }
+
+/// The standard output of a command that succeeded, or what went wrong, prefixed with `what`.
+pub fn stdout_of(result: Result<Output, String>, what: &str) -> Result<String, String> {
+    match result {
+        Ok(out) if out.succeeded() => Ok(out.stdout),
+        Ok(out) => Err(format!("{what}: {}", out.tail())),
+        Err(error) => Err(format!("{what}: {error}")),
+    }
+}

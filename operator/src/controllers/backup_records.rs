@@ -176,21 +176,17 @@ pub async fn start(
     command: &[String],
 ) -> std::result::Result<(), String> {
     let argv = detached::start(&record.name_any(), command);
-    match exec::run(pods, pod, argv, std::time::Duration::from_secs(30)).await {
-        Ok(out) if out.succeeded() => Ok(()),
-        Ok(out) => Err(format!("starting pgbackrest in {pod}: {}", out.tail())),
-        Err(error) => Err(error),
-    }
+    let started = exec::run(pods, pod, argv, std::time::Duration::from_secs(30)).await;
+    exec::stdout_of(started, &format!("starting pgbackrest in {pod}")).map(|_| ())
 }
 
 /// How the backup of `record` stands in `pod`; `None` when the pod did not answer (it may be
 /// restarting: ask again later).
 pub async fn look(pods: &Api<Pod>, pod: &str, record: &SectorBackup) -> Option<Progress> {
     let argv = detached::check(&record.name_any());
-    match exec::run(pods, pod, argv, std::time::Duration::from_secs(30)).await {
-        Ok(out) if out.succeeded() => Some(detached::progress(&out.stdout)),
-        _ => None,
-    }
+    let answer = exec::run(pods, pod, argv, std::time::Duration::from_secs(30)).await;
+    let stdout = exec::stdout_of(answer, "checking the backup").ok()?;
+    Some(detached::progress(&stdout))
 }
 
 #[cfg(test)]

@@ -310,18 +310,6 @@ pub async fn recorded_stanza(ctx: &Context, namespace: &str, name: &str) -> Resu
         .and_then(|m| m.data?.remove(&catalog_key(namespace, name))))
 }
 
-/// The standard output of a command that succeeded, or what went wrong, prefixed with `what`.
-fn stdout_of(
-    result: std::result::Result<exec::Output, String>,
-    what: &str,
-) -> std::result::Result<String, String> {
-    match result {
-        Ok(out) if out.succeeded() => Ok(out.stdout),
-        Ok(out) => Err(format!("{what}: {}", out.tail())),
-        Err(error) => Err(format!("{what}: {error}")),
-    }
-}
-
 /// A full backup of a database about to be deleted with `deletionPolicy: Delete`, when a policy
 /// covers it. `Ok(None)`: no policy covers it, nothing to do; `Err` with why the backup could not
 /// be taken, and then the volumes must stay.
@@ -344,7 +332,7 @@ pub async fn final_backup(
             Duration::from_secs(seconds + 30),
         )
     };
-    let info = stdout_of(
+    let info = exec::stdout_of(
         run(&["info", "--output=json"], 120).await,
         "pgbackrest info",
     );
@@ -354,7 +342,7 @@ pub async fn final_backup(
         Err(error) => return Ok(Err(format!("final backup: {error}"))),
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if let Err(error) = stdout_of(run(&args, 3600).await, "final backup") {
+    if let Err(error) = exec::stdout_of(run(&args, 3600).await, "final backup") {
         return Ok(Err(error));
     }
     let repo = &plan.policy.spec.repositories[0].name;
@@ -519,7 +507,7 @@ pub async fn run(
             }
         }
     } else if let Some(kind) = kind {
-        let info = stdout_of(
+        let info = exec::stdout_of(
             exec_in(&["info", "--output=json"], 120).await,
             "pgbackrest info",
         );

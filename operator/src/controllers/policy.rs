@@ -212,11 +212,15 @@ async fn keep_mirrors(
         let status = |pass: &std::result::Result<u64, String>, at: &Time| {
             mirror_status(repository, pass, last, last_pass.as_ref(), &since, at)
         };
+        // While a pass runs the status stays as it was (before the first: lag since creation).
+        let while_running = || {
+            let first = || status(&Err("the first pass runs".into()), now);
+            before.cloned().unwrap_or_else(first)
+        };
         let started = match ctx.mirror_runs.poll(&key) {
             Polled::Running => {
                 running = true;
-                let first = || status(&Err("the first pass runs".into()), now);
-                statuses.push(before.cloned().unwrap_or_else(first));
+                statuses.push(while_running());
                 continue;
             }
             Polled::Done(started, pass) => {
@@ -241,8 +245,7 @@ async fn keep_mirrors(
                 let copy = pass(primary.clone(), from, repository.clone(), to);
                 ctx.mirror_runs.start(key, started.clone(), copy);
                 running = true;
-                let first = || status(&Err("the first pass runs".into()), now);
-                statuses.push(before.cloned().unwrap_or_else(first));
+                statuses.push(while_running());
             }
             _ => statuses.push(status(
                 &Err("the repositories' Secrets are missing".to_string()),
