@@ -171,6 +171,7 @@ pub async fn register(
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    created: std::time::Instant,
 }
 
 impl TestNamespace {
@@ -193,6 +194,7 @@ impl TestNamespace {
         Ok(TestNamespace {
             name,
             client: client.clone(),
+            created: std::time::Instant::now(),
         })
     }
 
@@ -209,7 +211,7 @@ impl TestNamespace {
         Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
             .await?;
-        Ok(())
+        record_time(&self.name, self.created.elapsed())
     }
 
     /// Deletes every `K` in the namespace and waits until their finalizers let them go; if they
@@ -275,6 +277,29 @@ impl TestNamespace {
             })
             .unwrap_or_default()
     }
+}
+
+/// Appends `seconds<TAB>test<TAB>namespace` to the file `SECTORDB_E2E_TIMES` names, if any,
+/// so the suite can say which tests its time went to (libtest reports no test's duration).
+/// The test is the libtest thread's name; one short append per line keeps the lines of tests
+/// running side by side whole.
+fn record_time(namespace: &str, took: Duration) -> Result<()> {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("SECTORDB_E2E_TIMES") else {
+        return Ok(());
+    };
+    let thread = std::thread::current();
+    let line = format!(
+        "{}\t{}\t{namespace}\n",
+        took.as_secs(),
+        thread.name().unwrap_or("?")
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .with_context(|| format!("recording the test's time in {}", path.display()))
 }
 
 /// The value of the operator's metric `name` in the series whose labels include `label` (e.g.
