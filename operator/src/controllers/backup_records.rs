@@ -185,8 +185,8 @@ pub async fn start(
 pub async fn look(pods: &Api<Pod>, pod: &str, record: &SectorBackup) -> Option<Progress> {
     let argv = detached::check(&record.name_any());
     let answer = exec::run(pods, pod, argv, std::time::Duration::from_secs(30)).await;
-    let stdout = exec::stdout_of(answer, "checking the backup").ok()?;
-    Some(detached::progress(&stdout))
+    let out = answer.ok().filter(exec::Output::succeeded)?;
+    Some(detached::progress(&out.stdout))
 }
 
 #[cfg(test)]
